@@ -1,0 +1,84 @@
+"""`RopeConfig`: which position-embedding variant a model uses, and how it extrapolates.
+
+Pure Python: this is the block stored in a hooked model's ``config.json`` under ``"videorope"``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Optional
+
+VARIANTS = ("vanilla", "tad", "mrope", "videorope")
+EXTRAPOLATIONS = ("ntk", "yarn", "dynamic", "mrope++", "yarn-v")
+# Where the authors' code and the paper differ, "code" is what the released checkpoints learned.
+FORMS = ("code", "paper")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Settings of one RoPE variant.
+
+    Attributes:
+        variant: ``"vanilla"`` (1-D RoPE), ``"tad"`` (TAD-RoPE as the authors implemented it),
+            ``"mrope"`` (Qwen2-VL M-RoPE) or ``"videorope"`` (LTA + diagonal layout + ATS).
+        temporal_stride: ATS δ, the position step between temporal patches (``videorope`` only).
+        extrapolation: ``None`` or one of ``ntk``, ``yarn``, ``dynamic``, ``mrope++``, ``yarn-v``.
+        extrapolation_factor: the scale factor s (1.0 = no scaling).
+        original_context: the training context L the scaling is relative to.
+        text_after_block: ``"code"``: text after a block starts at t_last + 1 = s + δ(T−1) + 1;
+            ``"paper"``: s + δ·T (``videorope`` only).
+        centering: ``"code"``: spatial offsets −⌊(H−1)/2⌋ (integers); ``"paper"``: −H/2 (half-integers).
+        extrapolate_in_training: apply ``extrapolation`` in training mode too (default: inference only).
+    """
+
+    variant: str = "videorope"
+    temporal_stride: float = 2.0
+    extrapolation: Optional[str] = None
+    extrapolation_factor: float = 1.0
+    original_context: int = 32768
+    text_after_block: str = "code"
+    centering: str = "code"
+    extrapolate_in_training: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"RopeConfig.variant={self.variant!r} is unknown; expected one of {VARIANTS}")
+        stride = self.temporal_stride
+        if isinstance(stride, bool) or not isinstance(stride, (int, float)) or not math.isfinite(stride) or stride <= 0:
+            raise ValueError(f"RopeConfig.temporal_stride (ATS δ) must be a finite number > 0, got {stride!r}")
+        if self.extrapolation is not None and self.extrapolation not in EXTRAPOLATIONS:
+            raise ValueError(
+                f"RopeConfig.extrapolation={self.extrapolation!r} is unknown; expected None or one of {EXTRAPOLATIONS}"
+            )
+        factor = self.extrapolation_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 1:
+            raise ValueError(f"RopeConfig.extrapolation_factor (s) must be a finite number >= 1, got {factor!r}")
+        if isinstance(self.original_context, bool) or not isinstance(self.original_context, int) or self.original_context < 2:
+            raise ValueError(f"RopeConfig.original_context (L) must be an int >= 2, got {self.original_context!r}")
+        for name in ("text_after_block", "centering"):
+            if getattr(self, name) not in FORMS:
+                raise ValueError(f"RopeConfig.{name}={getattr(self, name)!r}; expected one of {FORMS}")
+        if self.extrapolation in ("mrope++", "yarn-v") and self.variant not in ("mrope", "videorope"):
+            raise ValueError(
+                f"extrapolation {self.extrapolation!r} scales the t/h/w axes separately and needs variant "
+                f"'mrope' or 'videorope', not {self.variant!r}"
+            )
+
+    @property
+    def positions_are_integer(self) -> bool:
+        """Whether every position id is an integer (decides the dtype of ``position_ids``)."""
+        if self.variant != "videorope":
+            return True
+        return float(self.temporal_stride).is_integer() and self.centering == "code"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RopeConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown RoPE setting(s) {unknown}; known settings: {sorted(known)}")
+        return cls(**dict(values))

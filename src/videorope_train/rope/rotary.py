@@ -1,0 +1,61 @@
+"""Turning 3-row position ids into per-channel cos/sin once per forward, and applying 1-D rotary.
+
+``rotary_cos_sin`` gathers, for every rotary frequency n, the position row its axis selects
+(``frequency_axes``) in one ``index_select``; every attention layer then applies ordinary NeoX rotary
+with ``apply_rotary``.  ``reference_rotary_cos_sin`` is the slow per-frequency formulation, kept beside it
+for the tests (the authors' code concatenates one-column slices per layer like it).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor,
+    inv_freq: torch.Tensor,
+    axes: torch.Tensor,
+    attention_scaling: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [B, L, 2·F] from position_ids [3, B, L], inv_freq [F] and axes [F] (0/1/2).
+
+    Channel c carries frequency c mod F (``cat(freqs, freqs)``, NeoX layout).  Frequencies are formed in
+    float32 as transformers does (position × inv_freq, one product each) and only then cast to ``dtype``.
+    """
+    if position_ids.dim() == 2:  # plain 1-D positions [B, L]: every axis reads the same row
+        position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
+    positions = position_ids.to(torch.float32).permute(1, 2, 0)  # [B, L, 3]
+    freqs = positions.index_select(-1, axes) * inv_freq.to(torch.float32)  # [B, L, F]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    if attention_scaling != 1.0:
+        cos, sin = cos * attention_scaling, sin * attention_scaling
+    return cos.to(dtype), sin.to(dtype)
+
+
+def reference_rotary_cos_sin(
+    position_ids: torch.Tensor, inv_freq: torch.Tensor, axes: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Slow reference: build each frequency's column from its axis' row, one at a time."""
+    columns = []
+    for n in range(inv_freq.numel()):
+        columns.append(position_ids[int(axes[n])].to(torch.float32) * inv_freq[n].to(torch.float32))
+    freqs = torch.stack(columns, dim=-1)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """q, k: [B, heads, L, D] (``unsqueeze_dim=1``) or [B, L, heads, D] (``unsqueeze_dim=2``); cos/sin [B, L, D]."""
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

@@ -1,0 +1,189 @@
+"""Frequency allocation, extrapolation formulas and the cos/sin gather, against independent computations."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from videorope_train.rope import (
+    RopeConfig,
+    apply_rotary,
+    frequency_axes,
+    reference_rotary_cos_sin,
+    rotary_cos_sin,
+    scaled_inv_freq,
+    yarn_ramp_bounds,
+)
+
+D, BETA, L, S = 128, 1e6, 32768, 4.0
+
+
+def theta(n, base=BETA, d=D):
+    return base ** (-2 * n / d)
+
+
+def close(actual, expected):
+    assert actual.dtype == torch.float32 and actual.shape == (len(expected),)
+    torch.testing.assert_close(actual.double(), torch.tensor(expected, dtype=torch.float64), rtol=2e-6, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Allocation.
+
+def test_axes_videorope_qwen2vl():
+    axes = frequency_axes(RopeConfig("videorope"), (16, 24, 24)).tolist()
+    assert axes[0:48:2] == [1] * 24  # n even in 0..46 -> h
+    assert axes[1:48:2] == [2] * 24  # n odd in 1..47 -> w
+    assert axes[48:] == [0] * 16  # the 16 lowest frequencies -> t
+
+
+def test_axes_mrope_qwen2vl():
+    assert frequency_axes(RopeConfig("mrope"), (16, 24, 24)).tolist() == [0] * 16 + [1] * 24 + [2] * 24
+
+
+def test_axes_other_sections():
+    assert frequency_axes(RopeConfig("mrope"), (8, 12, 12)).tolist() == [0] * 8 + [1] * 12 + [2] * 12
+    assert frequency_axes(RopeConfig("videorope"), (8, 12, 12)).tolist() == [1, 2] * 12 + [0] * 8
+    # uneven h/w: alternate while both last, then the larger axis
+    assert frequency_axes(RopeConfig("videorope"), (4, 6, 8)).tolist() == [1, 2] * 6 + [2, 2] + [0] * 4
+    assert frequency_axes(RopeConfig("videorope"), (2, 3, 1)).tolist() == [1, 2, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("section, head_dim", [((16, 24, 24), 64), ((16, 24), 128), ((0, 32, 32), 128), ((16, 24, 24), 127)])
+def test_bad_sections_rejected(section, head_dim):
+    with pytest.raises(ValueError, match="mrope_section|head_dim"):
+        scaled_inv_freq(RopeConfig("videorope"), head_dim=head_dim, mrope_section=section)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Extrapolation, each against the spec's formula computed in float64 here.
+
+def test_no_scaling():
+    close(scaled_inv_freq(RopeConfig()), [theta(n) for n in range(64)])
+
+
+def test_ntk():
+    cfg = RopeConfig(extrapolation="ntk", extrapolation_factor=S)
+    base = BETA * S ** (D / (D - 2))
+    close(scaled_inv_freq(cfg), [theta(n, base) for n in range(64)])
+
+
+def test_yarn_bounds_from_spec():
+    assert yarn_ramp_bounds(128, 1e6, 32768) == (23, 40)
+
+
+def test_yarn():
+    cfg = RopeConfig(extrapolation="yarn", extrapolation_factor=S, original_context=L)
+    low = math.floor(D * math.log(L / (2 * math.pi * 32)) / (2 * math.log(BETA)))
+    high = math.ceil(D * math.log(L / (2 * math.pi * 1)) / (2 * math.log(BETA)))
+    expected = []
+    for n in range(64):
+        m = 1 - min(max((n - low) / (high - low), 0), 1)
+        expected.append(theta(n) * m + theta(n) / S * (1 - m))
+    close(scaled_inv_freq(cfg), expected)
+    freqs = scaled_inv_freq(cfg)
+    assert freqs[23] == pytest.approx(theta(23), rel=1e-6) and freqs[40] == pytest.approx(theta(40) / S, rel=1e-6)
+
+
+@pytest.mark.parametrize("length", [100, L, L + 1, 3 * L, torch.tensor(3 * L)])
+def test_dynamic(length):
+    cfg = RopeConfig(extrapolation="dynamic", extrapolation_factor=S, original_context=L)
+    n_tokens = int(length)
+    if n_tokens <= L:
+        expected = [theta(n) for n in range(64)]
+    else:
+        base = BETA * (S * n_tokens / L - (S - 1)) ** (D / (D - 2))
+        expected = [theta(n, base) for n in range(64)]
+    close(scaled_inv_freq(cfg, seq_len=length), expected)
+    with pytest.raises(ValueError, match="seq_len"):
+        scaled_inv_freq(cfg)
+
+
+def ntk_theta(n):
+    base = BETA * ((L * S - 1) / (L - 1)) ** (D / (D - 2))
+    return theta(n, base)
+
+
+def test_mrope_plus_plus():
+    cfg = RopeConfig("mrope", extrapolation="mrope++", extrapolation_factor=S, original_context=L)
+    expected = [theta(n) for n in range(16)]
+    expected += [0.5 * theta(n) / S + 0.5 * ntk_theta(n) for n in range(16, 40)]
+    expected += [ntk_theta(n) for n in range(40, 64)]
+    close(scaled_inv_freq(cfg), expected)
+
+
+def test_yarn_v():
+    cfg = RopeConfig("videorope", extrapolation="yarn-v", extrapolation_factor=S, original_context=L)
+    expected = [theta(n) for n in range(48)] + [ntk_theta(n) for n in range(48, 64)]
+    close(scaled_inv_freq(cfg), expected)
+
+
+def test_yarn_v_other_section():
+    cfg = RopeConfig("videorope", extrapolation="yarn-v", extrapolation_factor=2.0, original_context=1024)
+    base = 1e4 * ((1024 * 2.0 - 1) / 1023) ** (64 / 62)
+    expected = [theta(n, 1e4, 64) for n in range(24)] + [theta(n, base, 64) for n in range(24, 32)]
+    close(scaled_inv_freq(cfg, head_dim=64, rope_theta=1e4, mrope_section=(8, 12, 12)), expected)
+
+
+@pytest.mark.parametrize("method, variant", [("ntk", "videorope"), ("yarn", "mrope"), ("dynamic", "vanilla"),
+                                             ("mrope++", "mrope"), ("yarn-v", "videorope")])
+def test_factor_one_is_no_scaling(method, variant):
+    cfg = RopeConfig(variant, extrapolation=method, extrapolation_factor=1.0)
+    unscaled = scaled_inv_freq(RopeConfig(variant))
+    torch.testing.assert_close(scaled_inv_freq(cfg, seq_len=L // 2), unscaled, rtol=1e-7, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The gather: equal to the slow per-frequency reference and to stock M-RoPE's section split.
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 40),
+    st.sampled_from([(16, 24, 24), (8, 12, 12), (4, 6, 6), (2, 3, 5)]),
+    st.sampled_from(["videorope", "mrope"]),
+    st.sampled_from([torch.long, torch.float32]),
+)
+def test_gather_matches_reference(batch, length, section, variant, pos_dtype):
+    cfg = RopeConfig(variant)
+    head_dim = 2 * sum(section)
+    inv_freq = scaled_inv_freq(cfg, head_dim=head_dim, rope_theta=1e4, mrope_section=section)
+    axes = frequency_axes(cfg, section)
+    positions = (torch.rand(3, batch, length) * 5000).to(pos_dtype)
+    cos, sin = rotary_cos_sin(positions, inv_freq, axes)
+    ref_cos, ref_sin = reference_rotary_cos_sin(positions, inv_freq, axes)
+    assert cos.shape == (batch, length, head_dim)
+    torch.testing.assert_close(cos, ref_cos, rtol=0, atol=0)
+    torch.testing.assert_close(sin, ref_sin, rtol=0, atol=0)
+
+
+def test_mrope_gather_equals_section_split():
+    # transformers' M-RoPE: cos per row [3, B, L, D], split into mrope_section*2 chunks, chunk i from row i % 3
+    section = (16, 24, 24)
+    inv_freq = scaled_inv_freq(RopeConfig("mrope"))
+    positions = torch.randint(0, 9000, (3, 2, 17))
+    freqs = positions[..., None].float() * inv_freq  # [3, B, L, 64]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    chunks = emb.cos().split([*section, *section], dim=-1)
+    stock_cos = torch.cat([chunk[i % 3] for i, chunk in enumerate(chunks)], dim=-1)
+    cos, _ = rotary_cos_sin(positions, inv_freq, frequency_axes(RopeConfig("mrope"), section))
+    torch.testing.assert_close(cos, stock_cos, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_apply_rotary_relative_and_dtype(dtype):
+    # 1-D positions: q·k after rotation depends only on the position difference
+    inv_freq = scaled_inv_freq(RopeConfig("vanilla"), head_dim=64, mrope_section=(8, 12, 12))
+    axes = frequency_axes(RopeConfig("vanilla"), (8, 12, 12))
+    q, k = torch.randn(1, 1, 1, 64), torch.randn(1, 1, 1, 64)
+    scores = []
+    for offset in (0, 37, 1000):
+        pos = torch.tensor([[[offset + 5, offset]]]).expand(3, 1, 2)
+        cos, sin = rotary_cos_sin(pos, inv_freq, axes, dtype=dtype)
+        assert cos.dtype == dtype
+        qr, kr = apply_rotary(q.expand(1, 1, 2, 64).to(dtype), k.expand(1, 1, 2, 64).to(dtype), cos, sin)
+        scores.append((qr[0, 0, 0].float() @ kr[0, 0, 1].float()).item())
+    tol = 1e-3 if dtype == torch.float32 else 0.3
+    assert scores[1] == pytest.approx(scores[0], abs=tol) and scores[2] == pytest.approx(scores[0], abs=tol)
