@@ -186,6 +186,11 @@ def test_missing_and_extra_grid_rows():
         get_rope_index(RopeConfig("videorope"), two_blocks, image_grid_thw=torch.tensor([[1, 4, 4]]))
     with pytest.raises(ValueError, match="video_grid_thw has 1 row"):
         get_rope_index(RopeConfig("videorope"), ids(A, B), video_grid_thw=torch.tensor([[1, 4, 4]]))
+    # a grid row whose block lies entirely under attention_mask 0 (LLaMA-Factory's placeholder image) is fine
+    padded = ids(A, B, VS, [IMG] * 4, VE)
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0]])
+    pos, _ = get_rope_index(RopeConfig("videorope"), padded, image_grid_thw=torch.tensor([[1, 4, 4]]), attention_mask=mask)
+    assert pos[0, 0].tolist() == [0, 1] + [1] * 6
     with pytest.raises(ValueError, match="divisible by spatial_merge_size"):
         get_rope_index(RopeConfig("videorope"), ids(VS, [IMG] * 4, VE), image_grid_thw=torch.tensor([[1, 3, 4]]))
     with pytest.raises(ValueError, match="must belong to a block"):

@@ -5,6 +5,7 @@ Pure torch (no transformers / LLaMA-Factory import), so other integrations can r
 
 from .config import EXTRAPOLATIONS, VARIANTS, RopeConfig
 from .frequencies import AXIS_H, AXIS_T, AXIS_W, frequency_axes, scaled_inv_freq, yarn_ramp_bounds
+from .packing import sequence_local_positions
 from .positions import get_rope_index
 from .rotary import apply_rotary, reference_rotary_cos_sin, rotary_cos_sin, rotate_half
 
@@ -22,5 +23,6 @@ __all__ = [
     "rotary_cos_sin",
     "rotate_half",
     "scaled_inv_freq",
+    "sequence_local_positions",
     "yarn_ramp_bounds",
 ]

@@ -39,11 +39,13 @@ class _GridRows:
         self.used += 1
         return self.used - 1, self.rows[self.used - 1]
 
-    def check_all_used(self) -> None:
-        if self.used != len(self.rows):
+    def check_all_used(self, masked_blocks: int) -> None:
+        # Rows may also belong to blocks that sit entirely under attention_mask 0 (LLaMA-Factory appends such a
+        # placeholder image to batches without images); those take no position.
+        if self.used + masked_blocks != len(self.rows):
             raise ValueError(
-                f"{self.name} has {len(self.rows)} row(s) but the batch's input_ids contain only {self.used} "
-                f"such block(s) (were visual tokens truncated, e.g. by cutoff_len?)"
+                f"{self.name} has {len(self.rows)} row(s) but the batch's input_ids contain {self.used} such "
+                f"block(s) (+{masked_blocks} masked out): were visual tokens truncated, e.g. by cutoff_len?"
             )
 
 
@@ -191,7 +193,8 @@ def get_rope_index(
         positions, next_position = _sample_positions(cfg, ids.numel(), blocks)
         position_ids[:, b, valid[b]] = positions
         next_positions[b, 0] = next_position
-    for rows, _ in grids.values():
-        rows.check_all_used()
+    masked_starts = ids_cpu[:, 1:][(ids_cpu[:, :-1] == vision_start_token_id) & ~valid[:, 1:]]
+    for token_id, (rows, _) in grids.items():
+        rows.check_all_used(int((masked_starts == token_id).sum()))
     rope_deltas = next_positions - decode_steps_per_token * seq_len
     return position_ids.to(dtype=dtype, device=input_ids.device), rope_deltas.to(dtype=dtype, device=input_ids.device)

@@ -1,0 +1,55 @@
+"""The Qwen2-VL hook: loading a prepared model directory with `trust_remote_code=True` runs these classes.
+
+Supported versions are checked here, at import, so an unsupported stack fails before any compute is spent.
+"""
+
+import os
+from importlib import metadata
+
+from packaging.version import Version
+
+SUPPORTED = {
+    # package: (lowest tested, first unsupported)
+    "transformers": ("5.6.0", "5.7.0"),
+    "llamafactory": ("0.9.5", "0.9.6"),
+}
+
+
+def check_versions() -> None:
+    """Raise ImportError when an installed framework is outside the tested range."""
+    if os.environ.get("VIDEOROPE_SKIP_VERSION_CHECK") == "1":
+        return
+    for package, (low, high) in SUPPORTED.items():
+        try:
+            installed = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            if package == "transformers":
+                raise ImportError("videorope_train.hook needs transformers (pip install -r requirements.txt)")
+            continue  # LLaMA-Factory is optional for plain-transformers use
+        if not Version(low) <= Version(installed) < Version(high):
+            raise ImportError(
+                f"videorope_train supports {package} >={low},<{high} but {installed} is installed; install the "
+                f"tested set with `pip install -r requirements.txt` (or set VIDEOROPE_SKIP_VERSION_CHECK=1 at your risk)"
+            )
+
+
+check_versions()
+
+from .qwen2_vl import (  # noqa: E402
+    CONFIG_KEY,
+    HOOKED_MODEL_TYPE,
+    VideoRopeQwen2VLConfig,
+    VideoRopeQwen2VLForConditionalGeneration,
+    VideoRopeQwen2VLModel,
+    rope_config_of,
+)
+
+__all__ = [
+    "CONFIG_KEY",
+    "HOOKED_MODEL_TYPE",
+    "VideoRopeQwen2VLConfig",
+    "VideoRopeQwen2VLForConditionalGeneration",
+    "VideoRopeQwen2VLModel",
+    "check_versions",
+    "rope_config_of",
+]

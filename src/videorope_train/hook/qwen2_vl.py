@@ -1,0 +1,309 @@
+"""Qwen2-VL with any `RopeConfig`: the classes a hooked model directory's remote code names.
+
+The only version-specific module of the package (transformers 5.6).  What changes against stock Qwen2-VL:
+
+- positions: ``get_rope_index`` / ``compute_3d_position_ids`` come from ``videorope_train.rope``; decoding with
+  a KV cache uses p + rope_deltas (TAD: 2·p + rope_deltas) from the prefill of the *same* call;
+- rotary: ``language_model.rotary_emb`` gathers the per-channel cos/sin [B, L, head_dim] once per forward,
+  and every attention layer applies plain 1-D rotary (no per-layer section split);
+- packing: a 4-row ``[text; t; h; w]`` position tensor gets a sequence-local text row, so VideoRoPE's
+  jumps are never read as sequence boundaries.
+
+Nothing global is patched: two models with different variants can live in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.models.qwen2_vl import modeling_qwen2_vl as stock
+from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
+
+from ..rope import (
+    RopeConfig,
+    apply_rotary,
+    frequency_axes,
+    get_rope_index,
+    rotary_cos_sin,
+    scaled_inv_freq,
+    sequence_local_positions,
+)
+
+CONFIG_KEY = "videorope"
+HOOKED_MODEL_TYPE = "qwen2_vl_videorope"  # what config.json says; the loaded config still reports "qwen2_vl"
+
+
+def rope_config_of(config: Any) -> RopeConfig:
+    """The ``RopeConfig`` stored in a model config's ``videorope`` block."""
+    block = getattr(config, CONFIG_KEY, None)
+    if block is None:
+        raise ValueError(
+            f"the model config has no '{CONFIG_KEY}' block; prepare the model with "
+            f"`videorope-train prepare-model --base DIR --rope VARIANT --out DIR`"
+        )
+    return block if isinstance(block, RopeConfig) else RopeConfig.from_dict(block)
+
+
+class VideoRopeQwen2VLConfig(Qwen2VLConfig):
+    """Qwen2-VL config carrying a ``videorope`` block.
+
+    It reports ``model_type == "qwen2_vl"`` so LLaMA-Factory treats the model as Qwen2-VL (template, vision
+    tower freezing, mm plugin), but writes ``qwen2_vl_videorope`` to config.json: a hooked directory then
+    cannot be loaded by stock Qwen2-VL classes (which would silently train M-RoPE) — transformers demands
+    ``trust_remote_code=True`` instead.
+    """
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        rope_config_of(self)  # validate early: unknown variant, bad δ, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["model_type"] = HOOKED_MODEL_TYPE
+        return output
+
+
+class VideoRopeRotaryEmbedding(nn.Module):
+    """cos/sin [B, L, head_dim] for 3-row position ids, built once per forward and shared by every layer.
+
+    Buffers: ``axes`` [F] (which position row each frequency reads), ``inv_freq`` [F] (training / no
+    extrapolation) and ``extrapolated_inv_freq`` [F] (inference, for the static extrapolation methods).
+    """
+
+    def __init__(self, rope: RopeConfig, head_dim: int, rope_theta: float, mrope_section):
+        super().__init__()
+        self.rope = rope
+        self.head_dim, self.rope_theta, self.mrope_section = head_dim, float(rope_theta), tuple(mrope_section)
+        self.register_buffer("axes", torch.zeros(head_dim // 2, dtype=torch.long), persistent=False)
+        self.register_buffer("inv_freq", torch.zeros(head_dim // 2), persistent=False)
+        self.register_buffer("extrapolated_inv_freq", torch.zeros(head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def _inv_freq(self, rope: RopeConfig, seq_len=None) -> torch.Tensor:
+        return scaled_inv_freq(rope, self.head_dim, self.rope_theta, self.mrope_section, seq_len=seq_len)
+
+    def reset_buffers(self) -> None:
+        unscaled = dataclasses.replace(self.rope, extrapolation=None)
+        static = self.rope if self.rope.extrapolation not in (None, "dynamic") else unscaled
+        with torch.no_grad():
+            init.copy_(self.axes, frequency_axes(self.rope, self.mrope_section))
+            init.copy_(self.inv_freq, self._inv_freq(unscaled))
+            init.copy_(self.extrapolated_inv_freq, self._inv_freq(static))
+
+    def current_inv_freq(self, position_ids: torch.Tensor) -> torch.Tensor:
+        rope = self.rope
+        if rope.extrapolation is None or (self.training and not rope.extrapolate_in_training):
+            return self.inv_freq
+        if rope.extrapolation == "dynamic":  # the current length stays a tensor: no host sync
+            return self._inv_freq(rope, seq_len=position_ids.max() + 1).to(self.inv_freq.device)
+        return self.extrapolated_inv_freq
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+        """x: any tensor of the compute dtype; position_ids [3, B, L] → (cos, sin) each [B, L, head_dim]."""
+        device_type = x.device.type if x.device.type != "mps" else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):  # frequencies in float32
+            return rotary_cos_sin(position_ids, self.current_inv_freq(position_ids), self.axes, dtype=x.dtype)
+
+
+class VideoRopeQwen2VLAttention(stock.Qwen2VLAttention):
+    """Qwen2-VL attention applying precomputed per-channel cos/sin as plain 1-D rotary.
+
+    Same parameters as the stock class (instances are re-classed in place, see ``_hook_language_model``);
+    ``forward`` is the stock one with ``apply_multimodal_rotary_pos_emb`` replaced by ``apply_rotary``.
+    """
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values=None,
+        output_attentions: bool = False,
+        use_cache: bool = False,
+        position_embeddings=None,
+        **kwargs,
+    ):
+        bsz, q_len, _ = hidden_states.size()
+        query_states = self.q_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary(query_states, key_states, cos, sin)
+
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+
+        attention_interface = stock.ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, stock.eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            position_ids=position_ids,  # the sequence-local text row, for FA2 varlen
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(bsz, q_len, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+def _hook_language_model(language_model: nn.Module, rope: RopeConfig) -> None:
+    text_config = language_model.config
+    head_dim = text_config.hidden_size // text_config.num_attention_heads
+    language_model.rotary_emb = VideoRopeRotaryEmbedding(
+        rope,
+        head_dim,
+        text_config.rope_parameters["rope_theta"],
+        text_config.rope_parameters["mrope_section"],
+    )
+    for layer in language_model.layers:
+        # Re-class rather than rebuild: no new parameters, so ZeRO-3's partitioned weights stay where they are.
+        layer.self_attn.__class__ = VideoRopeQwen2VLAttention
+
+
+class _VideoRopeInit:
+    """Recomputes the rotary buffers whenever transformers initialises modules (meta-device loading)."""
+
+    def _init_weights(self, module):
+        if isinstance(module, VideoRopeRotaryEmbedding):
+            module.reset_buffers()
+        else:
+            super()._init_weights(module)
+
+
+class VideoRopeQwen2VLModel(_VideoRopeInit, stock.Qwen2VLModel):
+    config_class = VideoRopeQwen2VLConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.rope = rope_config_of(config)
+        _hook_language_model(self.language_model, self.rope)
+
+    def get_rope_index(
+        self,
+        input_ids: torch.Tensor,
+        image_grid_thw: Optional[torch.Tensor] = None,
+        video_grid_thw: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        **unused: Any,
+    ):
+        """position_ids [3, B, L] and rope_deltas [B, 1] of this model's variant (see ``rope.get_rope_index``).
+
+        Extra keyword arguments callers pass for stock Qwen2-VL (``mm_token_type_ids``, ``second_per_grid_ts``)
+        are not needed: blocks are found from the token ids.
+        """
+        return get_rope_index(
+            self.rope,
+            input_ids,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            attention_mask=attention_mask,
+            spatial_merge_size=self.config.vision_config.spatial_merge_size,
+            image_token_id=self.config.image_token_id,
+            video_token_id=self.config.video_token_id,
+            vision_start_token_id=self.config.vision_start_token_id,
+        )
+
+    def compute_3d_position_ids(
+        self,
+        input_ids,
+        inputs_embeds,
+        image_grid_thw=None,
+        video_grid_thw=None,
+        attention_mask=None,
+        past_key_values=None,
+        mm_token_type_ids=None,
+    ):
+        """Positions when the caller gave none: the full layout on a fresh pass, the decode rule after it."""
+        batch, length = inputs_embeds.shape[:2]
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past == 0:
+            if input_ids is None:  # embeddings only: a text-only layout of the same length
+                input_ids = torch.zeros(batch, length, dtype=torch.long, device=inputs_embeds.device)
+            if attention_mask is not None and attention_mask.dim() == 2:
+                attention_mask = attention_mask[:, -length:]
+            else:
+                attention_mask = None
+            position_ids, self.rope_deltas = self.get_rope_index(
+                input_ids, image_grid_thw, video_grid_thw, attention_mask=attention_mask
+            )
+            return position_ids
+        if self.rope_deltas is None:
+            raise ValueError("decoding with a KV cache needs a prefill pass of this model first (rope_deltas unset)")
+        deltas = self.rope_deltas
+        if deltas.shape[0] != batch:
+            deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0)
+        steps = 2 if self.rope.variant == "tad" else 1
+        cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
+        position_ids = steps * cache_position.view(1, -1) + deltas.to(inputs_embeds.device)
+        return position_ids.unsqueeze(0).expand(3, -1, -1)
+
+    def _normalise_position_ids(self, position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask):
+        """Accept [3, B, L] or LLaMA-Factory's [text; t; h; w]; give the text row sequence-local numbering."""
+        if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+            rows = position_ids[1:]
+            if rows.dtype in (torch.float16, torch.bfloat16):
+                rows = self._recompute_lossy(rows, input_ids, image_grid_thw, video_grid_thw, attention_mask)
+            text_row = sequence_local_positions(position_ids[0]).to(rows.dtype)
+            return torch.cat([text_row.unsqueeze(0), rows], dim=0)
+        if position_ids.dtype in (torch.float16, torch.bfloat16):
+            return self._recompute_lossy(position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask)
+        return position_ids
+
+    def _recompute_lossy(self, rows, input_ids, image_grid_thw, video_grid_thw, attention_mask):
+        # Fractional positions (non-integer δ) cast to bf16/fp16 by a data collator lose their integer part
+        # beyond 256; rebuild them exactly from the tokens when the row is one sequence.
+        if input_ids is None or (rows[0] == 0).sum(dim=-1).max() > 1:
+            raise ValueError(
+                f"position ids arrived as {rows.dtype}, which cannot hold fractional positions exactly, and cannot "
+                f"be rebuilt here (packed sequences or no input_ids); use an integer temporal_stride with packing"
+            )
+        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask=mask)[0]
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, image_grid_thw=None,
+                video_grid_thw=None, **kwargs):
+        if position_ids is not None:
+            position_ids = self._normalise_position_ids(
+                position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask
+            )
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            **kwargs,
+        )
+
+
+class VideoRopeQwen2VLForConditionalGeneration(_VideoRopeInit, stock.Qwen2VLForConditionalGeneration):
+    config_class = VideoRopeQwen2VLConfig
+
+    def __init__(self, config):
+        stock.Qwen2VLPreTrainedModel.__init__(self, config)
+        self.model = VideoRopeQwen2VLModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    @property
+    def rope(self) -> RopeConfig:
+        return self.model.rope
+
+    def get_rope_index(self, *args, **kwargs):
+        return self.model.get_rope_index(*args, **kwargs)
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # Positions are derived inside forward (prefill: full layout; then p + rope_deltas), never carried in
+        # model_kwargs: generate's "last position + 1" update is wrong for TAD and for prompts ending in a video.
+        return None
