@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from transformers import initialization as init
 from transformers.models.qwen2_vl import modeling_qwen2_vl as stock
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 
@@ -58,8 +57,10 @@ class VideoRopeQwen2VLConfig(Qwen2VLConfig):
     """
 
     def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # config.json's marker; keep reporting the class' "qwen2_vl"
         super().__post_init__(**kwargs)
-        rope_config_of(self)  # validate early: unknown variant, bad δ, ...
+        if getattr(self, CONFIG_KEY, None) is not None:  # transformers also builds a bare instance for defaults
+            rope_config_of(self)  # validate early: unknown variant, bad δ, ...
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
@@ -70,43 +71,44 @@ class VideoRopeQwen2VLConfig(Qwen2VLConfig):
 class VideoRopeRotaryEmbedding(nn.Module):
     """cos/sin [B, L, head_dim] for 3-row position ids, built once per forward and shared by every layer.
 
-    Buffers: ``axes`` [F] (which position row each frequency reads), ``inv_freq`` [F] (training / no
-    extrapolation) and ``extrapolated_inv_freq`` [F] (inference, for the static extrapolation methods).
+    The frequency tables (axes [F], inv_freq [F] and the extrapolated inv_freq [F]) are built on first use and
+    cached per device.  They are not buffers: transformers materialises buffers of meta-initialised models
+    with its own initialisers, which do not know this module.
     """
 
     def __init__(self, rope: RopeConfig, head_dim: int, rope_theta: float, mrope_section):
         super().__init__()
         self.rope = rope
         self.head_dim, self.rope_theta, self.mrope_section = head_dim, float(rope_theta), tuple(mrope_section)
-        self.register_buffer("axes", torch.zeros(head_dim // 2, dtype=torch.long), persistent=False)
-        self.register_buffer("inv_freq", torch.zeros(head_dim // 2), persistent=False)
-        self.register_buffer("extrapolated_inv_freq", torch.zeros(head_dim // 2), persistent=False)
-        self.reset_buffers()
+        self._tables: dict = {}
+        scaled_inv_freq(rope, head_dim, rope_theta, self.mrope_section, seq_len=0)  # validate now, not mid-run
 
     def _inv_freq(self, rope: RopeConfig, seq_len=None) -> torch.Tensor:
         return scaled_inv_freq(rope, self.head_dim, self.rope_theta, self.mrope_section, seq_len=seq_len)
 
-    def reset_buffers(self) -> None:
-        unscaled = dataclasses.replace(self.rope, extrapolation=None)
-        static = self.rope if self.rope.extrapolation not in (None, "dynamic") else unscaled
-        with torch.no_grad():
-            init.copy_(self.axes, frequency_axes(self.rope, self.mrope_section))
-            init.copy_(self.inv_freq, self._inv_freq(unscaled))
-            init.copy_(self.extrapolated_inv_freq, self._inv_freq(static))
-
-    def current_inv_freq(self, position_ids: torch.Tensor) -> torch.Tensor:
-        rope = self.rope
-        if rope.extrapolation is None or (self.training and not rope.extrapolate_in_training):
-            return self.inv_freq
-        if rope.extrapolation == "dynamic":  # the current length stays a tensor: no host sync
-            return self._inv_freq(rope, seq_len=position_ids.max() + 1).to(self.inv_freq.device)
-        return self.extrapolated_inv_freq
+    def tables(self, device: torch.device):
+        """(axes, inv_freq, extrapolated_inv_freq) on ``device``."""
+        tables = self._tables.get(device)
+        if tables is None:
+            with torch.device("cpu"):
+                unscaled = dataclasses.replace(self.rope, extrapolation=None)
+                static = self.rope if self.rope.extrapolation not in (None, "dynamic") else unscaled
+                tables = (frequency_axes(self.rope, self.mrope_section), self._inv_freq(unscaled), self._inv_freq(static))
+            tables = self._tables[device] = tuple(t.to(device) for t in tables)
+        return tables
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
         """x: any tensor of the compute dtype; position_ids [3, B, L] → (cos, sin) each [B, L, head_dim]."""
+        axes, inv_freq, extrapolated = self.tables(position_ids.device)
+        rope = self.rope
+        if rope.extrapolation is not None and (not self.training or rope.extrapolate_in_training):
+            if rope.extrapolation == "dynamic":  # the current length stays a tensor: no host sync
+                inv_freq = self._inv_freq(rope, seq_len=position_ids.max() + 1)
+            else:
+                inv_freq = extrapolated
         device_type = x.device.type if x.device.type != "mps" else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):  # frequencies in float32
-            return rotary_cos_sin(position_ids, self.current_inv_freq(position_ids), self.axes, dtype=x.dtype)
+            return rotary_cos_sin(position_ids, inv_freq, axes, dtype=x.dtype)
 
 
 class VideoRopeQwen2VLAttention(stock.Qwen2VLAttention):
@@ -171,17 +173,7 @@ def _hook_language_model(language_model: nn.Module, rope: RopeConfig) -> None:
         layer.self_attn.__class__ = VideoRopeQwen2VLAttention
 
 
-class _VideoRopeInit:
-    """Recomputes the rotary buffers whenever transformers initialises modules (meta-device loading)."""
-
-    def _init_weights(self, module):
-        if isinstance(module, VideoRopeRotaryEmbedding):
-            module.reset_buffers()
-        else:
-            super()._init_weights(module)
-
-
-class VideoRopeQwen2VLModel(_VideoRopeInit, stock.Qwen2VLModel):
+class VideoRopeQwen2VLModel(stock.Qwen2VLModel):
     config_class = VideoRopeQwen2VLConfig
 
     def __init__(self, config):
@@ -287,7 +279,7 @@ class VideoRopeQwen2VLModel(_VideoRopeInit, stock.Qwen2VLModel):
         )
 
 
-class VideoRopeQwen2VLForConditionalGeneration(_VideoRopeInit, stock.Qwen2VLForConditionalGeneration):
+class VideoRopeQwen2VLForConditionalGeneration(stock.Qwen2VLForConditionalGeneration):
     config_class = VideoRopeQwen2VLConfig
 
     def __init__(self, config):
