@@ -1,0 +1,80 @@
+"""`videorope-train` command line: model preparation and demo assets.
+
+Training itself is LLaMA-Factory's own `llamafactory-cli train RECIPE.yaml` on a prepared model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .rope import EXTRAPOLATIONS, VARIANTS, RopeConfig
+
+
+def _rope_from_args(args) -> RopeConfig:
+    return RopeConfig(
+        variant=args.rope,
+        temporal_stride=args.temporal_stride,
+        extrapolation=args.extrapolation,
+        extrapolation_factor=args.factor,
+        original_context=args.original_context,
+        text_after_block=args.text_after_block,
+        centering=args.centering,
+        extrapolate_in_training=args.extrapolate_in_training,
+    )
+
+
+def _add_rope_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rope", required=True, choices=VARIANTS, help="RoPE variant")
+    parser.add_argument("--temporal-stride", type=float, default=2.0, help="ATS δ (videorope), default 2")
+    parser.add_argument("--extrapolation", choices=EXTRAPOLATIONS, default=None, help="inference-time scaling")
+    parser.add_argument("--factor", type=float, default=1.0, help="extrapolation factor s")
+    parser.add_argument("--original-context", type=int, default=32768, help="training context L for scaling")
+    parser.add_argument("--text-after-block", choices=("code", "paper"), default="code")
+    parser.add_argument("--centering", choices=("code", "paper"), default="code")
+    parser.add_argument("--extrapolate-in-training", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videorope-train", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare-model", help="turn a stock Qwen2-VL directory into a hooked one")
+    prepare.add_argument("--base", required=True, help="stock Qwen2-VL model directory")
+    prepare.add_argument("--out", required=True, help="where to write the hooked directory")
+    prepare.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
+    _add_rope_arguments(prepare)
+
+    tiny = commands.add_parser("make-tiny-model", help="write a random tiny Qwen2-VL (offline)")
+    tiny.add_argument("out")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    demo = commands.add_parser("make-demo-data", help="write the demo videos, images and sharegpt JSON")
+    demo.add_argument("dataset_dir", nargs="?", default="data")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare-model":
+            from .hook.prepare import prepare_model
+
+            out = prepare_model(args.base, args.out, _rope_from_args(args), copy=args.copy)
+            print(f"hooked model written to {out}")
+        elif args.command == "make-tiny-model":
+            from .tiny import make_tiny_model
+
+            print(f"tiny Qwen2-VL written to {make_tiny_model(args.out, seed=args.seed)}")
+        elif args.command == "make-demo-data":
+            from .data.demo import make_demo_data
+
+            print(f"demo data written to {make_demo_data(args.dataset_dir)}")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"videorope-train {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data helpers: demo data, LLaVA-Video preparation, checks."""
