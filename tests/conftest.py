@@ -1,0 +1,70 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    from videorope_train.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-base")
+
+
+@pytest.fixture(scope="session")
+def hooked_dir(tiny_base, tmp_path_factory):
+    """hooked_dir(variant, **rope_settings) -> a prepared model directory (made once per setting)."""
+    from videorope_train.hook.prepare import prepare_model
+    from videorope_train.rope import RopeConfig
+
+    root = tmp_path_factory.mktemp("hooked")
+    made = {}
+
+    def make(variant="videorope", **settings):
+        key = (variant, tuple(sorted(settings.items())))
+        if key not in made:
+            made[key] = prepare_model(tiny_base, root / f"tiny-{variant}-{len(made)}", RopeConfig(variant, **settings))
+        return made[key]
+
+    return make
+
+
+def load_hooked(path):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
+    return model.eval()
+
+
+def video_frames(count, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def make_inputs(path, prompts, padding_side="left"):
+    """prompts: list of (kind, text) with kind in {"video", "image", "text"} -> processor batch."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    processor.tokenizer.padding_side = padding_side
+    texts, videos, images = [], [], []
+    for index, (kind, text) in enumerate(prompts):
+        content = [{"type": kind}] if kind != "text" else []
+        content.append({"type": "text", "text": text})
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                   tokenize=False))
+        if kind == "video":
+            videos.append(video_frames(4 + 2 * index, 56, 84, seed=index))
+        elif kind == "image":
+            images.append(video_frames(1, 84, 56, seed=10 + index)[0])
+    return processor(text=texts, videos=videos or None, images=images or None, padding=True, return_tensors="pt")
+
+
+@pytest.fixture
+def torch_seed():
+    torch.manual_seed(0)

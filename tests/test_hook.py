@@ -1,0 +1,194 @@
+"""The Qwen2-VL hook, in process: loading, positions, rotary path, generation, packing, reload."""
+
+import json
+
+import pytest
+import torch
+from conftest import load_hooked, make_inputs
+
+from videorope_train.rope import VARIANTS, RopeConfig, get_rope_index, rotary_cos_sin, scaled_inv_freq
+from videorope_train.rope import frequency_axes
+
+MIXED = [("video", "What happens in the video?"), ("text", "Hi"), ("image", "Describe the picture please.")]
+
+
+def visual_kwargs(inputs):
+    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+
+
+def test_loading_without_trust_remote_code_fails_loudly(hooked_dir):
+    from transformers import AutoModelForImageTextToText
+
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForImageTextToText.from_pretrained(hooked_dir("videorope"))
+
+
+def test_config_block_validated(hooked_dir, tmp_path):
+    from transformers import AutoConfig
+
+    path = hooked_dir("videorope")
+    config = json.loads((path / "config.json").read_text())
+    config["videorope"]["variant"] = "rope3d"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in path.iterdir():
+        if item.name != "config.json":
+            (broken / item.name).symlink_to(item.resolve())
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="variant='rope3d' is unknown"):
+        AutoConfig.from_pretrained(broken, trust_remote_code=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_positions_are_the_cores(hooked_dir, variant):
+    path = hooked_dir(variant)
+    model = load_hooked(path)
+    inputs = make_inputs(path, MIXED)
+    positions, deltas = model.get_rope_index(**inputs)
+    cfg = model.config
+    expected, expected_deltas = get_rope_index(
+        RopeConfig(variant), inputs["input_ids"], inputs["image_grid_thw"], inputs["video_grid_thw"],
+        inputs["attention_mask"], image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+        vision_start_token_id=cfg.vision_start_token_id,
+    )
+    assert torch.equal(positions, expected) and torch.equal(deltas, expected_deltas)
+
+
+def test_mrope_hook_equals_stock_qwen2vl(hooked_dir, tiny_base):
+    from transformers import AutoModelForImageTextToText
+
+    path = hooked_dir("mrope")
+    hooked = load_hooked(path)
+    stock = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    assert type(stock).__module__.startswith("transformers.models.qwen2_vl")
+    inputs = make_inputs(path, MIXED)
+    positions, _ = hooked.get_rope_index(**inputs)
+    with torch.no_grad():
+        ours = hooked(**inputs, position_ids=positions).logits
+        theirs = stock(**inputs, position_ids=positions).logits
+        videorope = load_hooked(hooked_dir("videorope"))(**inputs).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(videorope, ours, atol=1e-4)  # the variant really changes the model
+
+
+@pytest.mark.parametrize("variant, settings", [(v, {}) for v in VARIANTS] + [("videorope", {"temporal_stride": 1.5})])
+def test_generate_with_cache_equals_full_forward(hooked_dir, variant, settings):
+    path = hooked_dir(variant, **settings)
+    model = load_hooked(path)
+    inputs = make_inputs(path, MIXED)
+    new = 4
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        length = inputs["input_ids"].shape[1]
+        mask = torch.cat([inputs["attention_mask"], torch.ones(len(MIXED), new, dtype=torch.long)], dim=1)
+        full = model(input_ids=out.sequences, attention_mask=mask, **visual_kwargs(inputs)).logits
+    for step in range(new):
+        torch.testing.assert_close(out.logits[step], full[:, length - 1 + step], rtol=1e-4, atol=1e-4)
+
+
+def test_rope_deltas_not_reused_across_calls(hooked_dir):
+    path = hooked_dir("videorope")
+    model = load_hooked(path)
+    video = make_inputs(path, [MIXED[0]])
+    text = make_inputs(path, [("text", "Tell me something else entirely.")])
+    with torch.no_grad():
+        model.generate(**video, max_new_tokens=3, do_sample=False)
+        after_video = model.generate(**text, max_new_tokens=4, do_sample=False, output_logits=True,
+                                     return_dict_in_generate=True)
+        fresh = load_hooked(path).generate(**text, max_new_tokens=4, do_sample=False, output_logits=True,
+                                           return_dict_in_generate=True)
+    assert torch.equal(after_video.sequences, fresh.sequences)
+    for a, b in zip(after_video.logits, fresh.logits):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_two_variants_in_one_process(hooked_dir):
+    mrope_path, videorope_path = hooked_dir("mrope"), hooked_dir("videorope")
+    inputs = make_inputs(mrope_path, MIXED)
+    with torch.no_grad():
+        mrope = load_hooked(mrope_path)
+        first = mrope(**inputs).logits
+        videorope = load_hooked(videorope_path)
+        other = videorope(**inputs).logits
+        again = mrope(**inputs).logits
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.allclose(first, other, atol=1e-4)
+
+
+def test_packed_rows_equal_unpacked_samples(hooked_dir):
+    """LLaMA-Factory's packed layout ([t; t; h; w] rows, no attention mask) under sdpa == separate samples."""
+    path = hooked_dir("videorope")
+    model = load_hooked(path)
+    first = make_inputs(path, [MIXED[0]])
+    second = make_inputs(path, [("text", "A second, text-only sample in the same row.")])
+    with torch.no_grad():
+        logits_first = model(**first).logits
+        logits_second = model(**second).logits
+        rows = torch.cat([model.get_rope_index(**first)[0], model.get_rope_index(**second)[0]], dim=-1)
+        packed_positions = torch.cat([rows[:1], rows], dim=0)  # what the collator passes
+        packed = model(
+            input_ids=torch.cat([first["input_ids"], second["input_ids"]], dim=1),
+            position_ids=packed_positions,
+            pixel_values_videos=first["pixel_values_videos"],
+            video_grid_thw=first["video_grid_thw"],
+            use_cache=False,  # as in training: packed-sequence masks are only built without a cache
+        ).logits
+    split = first["input_ids"].shape[1]
+    torch.testing.assert_close(packed[:, :split], logits_first, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(packed[:, split:], logits_second, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_reload_is_self_describing(hooked_dir, tmp_path):
+    path = hooked_dir("videorope", temporal_stride=3.0)
+    model = load_hooked(path)
+    inputs = make_inputs(path, MIXED)
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["videorope"]["temporal_stride"] == 3.0 and saved["model_type"] == "qwen2_vl_videorope"
+    assert (tmp_path / "saved" / "modeling_videorope.py").is_file()
+    reloaded = load_hooked(tmp_path / "saved")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_extrapolation_applies_at_inference_only(hooked_dir):
+    settings = dict(extrapolation="yarn-v", extrapolation_factor=4.0, original_context=64)
+    path = hooked_dir("videorope", **settings)
+    model = load_hooked(path)
+    rotary = model.model.language_model.rotary_emb
+    cfg = RopeConfig("videorope", **settings)
+    text = model.config.text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    section = text.rope_parameters["mrope_section"]
+    positions = torch.arange(200).view(1, 1, -1).expand(3, 1, -1)
+    axes = frequency_axes(cfg, section)
+    x = torch.zeros(1, dtype=torch.float32)
+    scaled = rotary_cos_sin(positions, scaled_inv_freq(cfg, head_dim, 1e6, section), axes)
+    plain = rotary_cos_sin(positions, scaled_inv_freq(RopeConfig("videorope"), head_dim, 1e6, section), axes)
+    torch.testing.assert_close(rotary(x, positions)[0], scaled[0])
+    rotary.train()
+    torch.testing.assert_close(rotary(x, positions)[0], plain[0])
+    assert not torch.allclose(scaled[0], plain[0])
+
+
+def test_mismatched_video_tokens_name_the_sample(hooked_dir):
+    path = hooked_dir("videorope")
+    model = load_hooked(path)
+    inputs = make_inputs(path, [("text", "padding row"), MIXED[0]], padding_side="right")
+    ids = inputs["input_ids"].clone()
+    video_positions = (ids[1] == model.config.video_token_id).nonzero().flatten()
+    ids[1, video_positions[-1]] = ids[1, 0]  # one video token lost, as when cutoff_len truncates
+    with pytest.raises(ValueError, match=r"sample 1: video block 0 .* has \d+ video tokens"):
+        model.get_rope_index(ids, video_grid_thw=inputs["video_grid_thw"], attention_mask=inputs["attention_mask"])
+
+
+def test_version_check_rejects_unsupported(monkeypatch):
+    from importlib import metadata
+
+    from videorope_train import hook
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "4.45.2" if name == "transformers" else real(name))
+    with pytest.raises(ImportError, match="supports transformers >=5.6.0,<5.7.0 but 4.45.2 is installed"):
+        hook.check_versions()
