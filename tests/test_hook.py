@@ -192,3 +192,21 @@ def test_version_check_rejects_unsupported(monkeypatch):
     monkeypatch.setattr(metadata, "version", lambda name: "4.45.2" if name == "transformers" else real(name))
     with pytest.raises(ImportError, match="supports transformers >=5.6.0,<5.7.0 but 4.45.2 is installed"):
         hook.check_versions()
+
+
+def test_one_vision_pass_for_images_and_videos(hooked_dir, tiny_base):
+    """Joint vision pass (one ZeRO-3 gather per step) gives the stock per-modality features."""
+    from transformers import AutoModelForImageTextToText
+
+    path = hooked_dir("mrope")
+    hooked = load_hooked(path)
+    stock = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    inputs = make_inputs(path, MIXED)
+    calls = []
+    hooked.model.visual.register_forward_hook(lambda *args: calls.append(1))
+    positions, _ = hooked.get_rope_index(**inputs)
+    with torch.no_grad():
+        ours = hooked(**inputs, position_ids=positions).logits
+        theirs = stock(**inputs, position_ids=positions).logits
+    assert len(calls) == 1
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

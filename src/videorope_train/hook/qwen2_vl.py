@@ -263,16 +263,46 @@ class VideoRopeQwen2VLModel(stock.Qwen2VLModel):
         mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask=mask)[0]
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, image_grid_thw=None,
+    def _embed_images_and_videos(self, input_ids, inputs_embeds, pixel_values, pixel_values_videos,
+                                 image_grid_thw, video_grid_thw):
+        """Run the vision tower once over images and videos together and place the features.
+
+        Stock Qwen2-VL calls the tower once per modality; under DeepSpeed ZeRO-3 a rank whose batch has both
+        then gathers the tower's parameters one more time than a rank with one modality, and the job hangs.
+        The tower attends within each grid item (cu_seqlens), so one joint call gives the same features.
+        """
+        joint = torch.cat([pixel_values, pixel_values_videos.to(pixel_values.dtype)], dim=0)
+        features = self.get_image_features(joint, torch.cat([image_grid_thw, video_grid_thw], dim=0)).pooler_output
+        num_images = image_grid_thw.shape[0]
+        image_embeds = torch.cat(features[:num_images], dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+        video_embeds = torch.cat(features[num_images:], dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+        image_mask, video_mask = self.get_placeholder_mask(
+            input_ids, inputs_embeds=inputs_embeds, image_features=image_embeds, video_features=video_embeds
+        )
+        return inputs_embeds.masked_scatter(image_mask, image_embeds).masked_scatter(video_mask, video_embeds)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, pixel_values=None, pixel_values_videos=None, image_grid_thw=None,
                 video_grid_thw=None, **kwargs):
         if position_ids is not None:
             position_ids = self._normalise_position_ids(
                 position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask
             )
+        if pixel_values is not None and pixel_values_videos is not None:
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self._embed_images_and_videos(
+                input_ids, inputs_embeds, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw
+            )
+            pixel_values = pixel_values_videos = None
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
             **kwargs,
