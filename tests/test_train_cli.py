@@ -120,8 +120,8 @@ def test_lora_and_merged_export(hooked_dir, dataset_dir, tmp_path):
     train(model_dir, dataset_dir, adapter, "finetuning_type=lora", "lora_target=all", "lora_rank=4",
           "learning_rate=5e-2")
     merged = tmp_path / "merged"
-    run_cli("export", f"model_name_or_path={model_dir}", f"adapter_name_or_path={adapter}", "template=qwen2_vl",
-            "finetuning_type=lora", "trust_remote_code=true", f"export_dir={merged}", "export_size=1")
+    run_cli("export", "--model_name_or_path", model_dir, "--adapter_name_or_path", adapter, "--template", "qwen2_vl",
+            "--finetuning_type", "lora", "--trust_remote_code", "true", "--export_dir", merged)
     config = json.loads((merged / "config.json").read_text())
     assert config["videorope"]["variant"] == "videorope"
     inputs = make_inputs(model_dir, [("video", "What happens?"), ("image", "Describe it.")])
