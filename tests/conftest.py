@@ -65,6 +65,15 @@ def make_inputs(path, prompts, padding_side="left"):
     return processor(text=texts, videos=videos or None, images=images or None, padding=True, return_tensors="pt")
 
 
-@pytest.fixture
-def torch_seed():
-    torch.manual_seed(0)
+@pytest.fixture(scope="session")
+def demo_dataset_dir(tmp_path_factory):
+    """The repo's dataset_info.json next to freshly made demo videos, images and JSON."""
+    import shutil
+    from pathlib import Path
+
+    from videorope_train.data.demo import make_demo_data
+
+    root = tmp_path_factory.mktemp("data")
+    shutil.copy(Path(__file__).resolve().parents[1] / "data" / "dataset_info.json", root / "dataset_info.json")
+    make_demo_data(root)
+    return root

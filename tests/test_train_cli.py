@@ -7,7 +7,6 @@ LLaMA-Factory's video path, and a tiny random Qwen2-VL prepared with the hook.
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,6 @@ import torch
 from conftest import load_hooked, make_inputs
 from safetensors.torch import load_file
 
-from videorope_train.data.demo import make_demo_data
 from videorope_train.rope import RopeConfig, get_rope_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +24,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    shutil.copy(REPO / "data" / "dataset_info.json", root / "dataset_info.json")
-    make_demo_data(root)
-    return root
+def dataset_dir(demo_dataset_dir):
+    return demo_dataset_dir
 
 
 def run_cli(*args, env=None, timeout=900):
