@@ -28,7 +28,7 @@ def hooked_dir(tiny_base, tmp_path_factory):
     def make(variant="videorope", **settings):
         key = (variant, tuple(sorted(settings.items())))
         if key not in made:
-            made[key] = prepare_model(tiny_base, root / f"tiny-{variant}-{len(made)}", RopeConfig(variant, **settings))
+            made[key] = prepare_model(tiny_base, root / str(len(made)) / f"tiny-{variant}", RopeConfig(variant, **settings))
         return made[key]
 
     return make

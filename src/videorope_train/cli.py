@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
 
+    plan = commands.add_parser("launch-plan", help="shell lines a launcher evaluates before llamafactory-cli")
+    plan.add_argument("recipe")
+    plan.add_argument("--nodes", type=int, default=1)
+    plan.add_argument("--gpus-per-node", type=int, default=1, help="processes per node")
+    plan.add_argument("--global-batch", type=int, default=None, help="keep this global batch (sets grad accumulation)")
+    plan.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+
     demo = commands.add_parser("make-demo-data", help="write the demo videos, images and sharegpt JSON")
     demo.add_argument("dataset_dir", nargs="?", default="data")
     return parser
@@ -66,6 +73,11 @@ def main(argv=None) -> int:
             from .tiny import make_tiny_model
 
             print(f"tiny Qwen2-VL written to {make_tiny_model(args.out, seed=args.seed)}")
+        elif args.command == "launch-plan":
+            from .launch import launch_plan, shell_lines
+
+            print(shell_lines(launch_plan(args.recipe, args.nodes, args.gpus_per_node, args.global_batch,
+                                          args.overrides)))
         elif args.command == "make-demo-data":
             from .data.demo import make_demo_data
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Single node, torchrun: scripts/train_local.sh RECIPE [GPUS] [key=value ...]
+# Keeps GLOBAL_BATCH (default: the recipe's own accumulation) and resumes from the last checkpoint.
+set -euo pipefail
+recipe=${1:?recipe}; gpus=${2:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
+shift $(( $# < 2 ? $# : 2 ))
+plan=$(videorope-train launch-plan --nodes 1 --gpus-per-node "$gpus" ${GLOBAL_BATCH:+--global-batch "$GLOBAL_BATCH"} \
+       "$recipe" "$@")
+eval "$plan"
+FORCE_TORCHRUN=1 NPROC_PER_NODE=$gpus exec llamafactory-cli train "$recipe" "${LF_OVERRIDES[@]}"

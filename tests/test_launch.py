@@ -1,0 +1,72 @@
+"""Launch plan (grad accumulation, resume, W&B identity), the local launcher, and W&B offline run files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from videorope_train.launch import gradient_accumulation, last_checkpoint, launch_plan, run_identity
+from wandb_records import summarise
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_gradient_accumulation_keeps_global_batch():
+    assert gradient_accumulation(1, 16, 128) == 8  # the authors': 2 nodes x 8 GPUs
+    assert gradient_accumulation(1, 32, 128) == 4
+    assert gradient_accumulation(2, 8, 128) == 8
+    with pytest.raises(ValueError, match="not divisible"):
+        gradient_accumulation(1, 24, 128)
+
+
+def test_identity_from_model_config(hooked_dir, tmp_path):
+    args = {"model_name_or_path": str(hooked_dir("videorope")), "video_maxlen": 128, "cutoff_len": 8200}
+    identity = run_identity(args)
+    assert identity["name"].endswith("-videorope-d2-128f-8k") and identity["group"].endswith("-128f-8k")
+    assert "videorope" in identity["tags"] and "d2" in identity["tags"]
+    mrope = run_identity({**args, "model_name_or_path": str(hooked_dir("mrope"))})
+    assert mrope["group"] == identity["group"] and "-mrope-128f-8k" in mrope["name"]
+    yarn = run_identity({**args, "model_name_or_path": str(hooked_dir("videorope", temporal_stride=1.5,
+                                                                          extrapolation="yarn-v",
+                                                                          extrapolation_factor=4.0))})
+    assert yarn["name"].endswith("-videorope-d1.5-yarn-v-s4-128f-8k")
+    with pytest.raises(FileNotFoundError, match="prepare the model first"):
+        run_identity({**args, "model_name_or_path": str(tmp_path)})
+
+
+def test_last_checkpoint_skips_incomplete(tmp_path):
+    assert last_checkpoint(tmp_path) is None
+    for step, complete in [(100, True), (200, True), (300, False)]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path).name == "checkpoint-200"
+
+
+def test_plan_for_authors_recipe(hooked_dir, tmp_path):
+    plan = launch_plan(REPO / "recipes" / "videorope_sft.yaml", nodes=4, gpus_per_node=8, global_batch=128,
+                       overrides=[f"model_name_or_path={hooked_dir('videorope')}", f"output_dir={tmp_path}"])
+    assert "gradient_accumulation_steps=4" in plan["overrides"] and plan["resume"] is None
+
+
+def test_local_launcher_with_wandb_offline(hooked_dir, demo_dataset_dir, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
+               HF_HUB_OFFLINE="1", WANDB_PROJECT="videorope-test")
+    command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", "1",
+               f"model_name_or_path={hooked_dir('videorope')}", f"dataset_dir={demo_dataset_dir}",
+               f"output_dir={out}", "report_to=wandb"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    run, config, history = summarise(runs[0])
+    assert run.display_name.endswith("-videorope-d2-8f-1k") and run.run_group.endswith("-8f-1k")
+    assert {"videorope", "d2", "8f"} <= set(run.tags) and run.project == "videorope-test"
+    assert json.loads(config["videorope"])["variant"] == "videorope"
+    losses = [float(json.loads(h["train/loss"])) for h in history if "train/loss" in h]
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
