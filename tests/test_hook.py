@@ -210,3 +210,15 @@ def test_one_vision_pass_for_images_and_videos(hooked_dir, tiny_base):
         theirs = stock(**inputs, position_ids=positions).logits
     assert len(calls) == 1
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_eager_attention_matches_sdpa(hooked_dir):
+    from transformers import AutoModelForImageTextToText
+
+    path = hooked_dir("videorope")
+    inputs = make_inputs(path, MIXED)
+    eager = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, attn_implementation="eager")
+    valid = inputs["attention_mask"].bool()  # padded positions' outputs are undefined
+    with torch.no_grad():
+        torch.testing.assert_close(eager.eval()(**inputs).logits[valid], load_hooked(path)(**inputs).logits[valid],
+                                   rtol=1e-4, atol=1e-4)
