@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""Speed of the rotary path: this project vs. stock M-RoPE vs. the authors' per-channel concatenation.
+
+    python scripts/bench_rope.py [--tokens 8192 32768] [--repeats 20] [--out bench.json] [--skip-step]
+
+(a) rotary application per layer at Qwen2-VL-7B attention shapes (head_dim 128, 28 q / 4 kv heads):
+    - this project: cos/sin gathered once per forward (build timed separately), plain rotary per layer;
+    - stock transformers M-RoPE: ``apply_multimodal_rotary_pos_emb`` (section split + cat in every layer);
+    - the authors' form, re-implemented from the spec: per layer, cos/sin rebuilt by concatenating one-column
+      slices (one per channel, each from its axis' row) and then applied.
+    Time per layer (median) and memory: peak CUDA memory on GPU; on CPU the bytes the op allocates.
+(b) position-index building for a batch of long-video samples: ``rope.get_rope_index`` vs. a per-token loop.
+(c) a forward+backward training step of a small random Qwen2-VL with the hook, VideoRoPE vs. M-RoPE on the
+    same inputs (and stock, un-hooked M-RoPE for reference); the target is a ratio <= 1.01.
+fp32 on CPU, bf16 on GPU.  Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from videorope_train.rope import (  # noqa: E402
+    RopeConfig,
+    apply_rotary,
+    frequency_axes,
+    get_rope_index,
+    rotary_cos_sin,
+    rotate_half,
+    scaled_inv_freq,
+)
+
+SECTION = (16, 24, 24)
+HEAD_DIM, Q_HEADS, KV_HEADS, LAYERS = 128, 28, 4, 28
+VS, VID, TEXT = 151652, 151656, 100
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats, device, warmup=3):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def memory(fn, device):
+    """Peak CUDA bytes above the baseline on GPU; bytes allocated by the call on CPU (profiler)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(max(e.self_cpu_memory_usage, 0) for e in prof.key_averages())
+
+
+def video_layout(tokens: int):
+    """One sample: a little text, one video filling ~tokens, a little text (T x 18 x 32 LLM grid)."""
+    per_frame = 18 * 32
+    frames = max(1, (tokens - 64) // per_frame)
+    ids = [TEXT] * 30 + [VS] + [VID] * (frames * per_frame) + [TEXT] * 33
+    return torch.tensor([ids]), torch.tensor([[frames, 36, 64]])
+
+
+def authors_cos_sin(cos3, sin3, axes):
+    """The authors' per-layer rebuild: concatenate one-column slices, each from its channel's axis row."""
+    half = axes.numel()
+    channel_axes = torch.cat([axes, axes]).tolist()
+    cos = torch.cat([cos3[channel_axes[c], ..., c : c + 1] for c in range(2 * half)], dim=-1)
+    sin = torch.cat([sin3[channel_axes[c], ..., c : c + 1] for c in range(2 * half)], dim=-1)
+    return cos, sin
+
+
+def bench_rotary(tokens, repeats, device, dtype):
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_multimodal_rotary_pos_emb
+
+    cfg = RopeConfig("videorope")
+    ids, grid = video_layout(tokens)
+    positions, _ = get_rope_index(cfg, ids, video_grid_thw=grid)
+    positions = positions.to(device)
+    length = positions.shape[-1]
+    inv_freq = scaled_inv_freq(cfg, HEAD_DIM, 1e6, SECTION).to(device)
+    axes = frequency_axes(cfg, SECTION).to(device)
+    q = torch.randn(1, Q_HEADS, length, HEAD_DIM, device=device, dtype=dtype)
+    k = torch.randn(1, KV_HEADS, length, HEAD_DIM, device=device, dtype=dtype)
+
+    cos, sin = rotary_cos_sin(positions, inv_freq, axes, dtype=dtype)
+    # stock M-RoPE's per-row cos/sin [3, B, L, D] (its rotary module's output)
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos3, sin3 = emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def ours():
+        return apply_rotary(q, k, cos, sin)
+
+    def stock():
+        return apply_multimodal_rotary_pos_emb(q, k, cos3, sin3, list(SECTION))
+
+    def authors():
+        c, s = authors_cos_sin(cos3, sin3, axes)
+        c, s = c.unsqueeze(1), s.unsqueeze(1)
+        return q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+
+    def build():
+        return rotary_cos_sin(positions, inv_freq, axes, dtype=dtype)
+
+    # the authors' form must give this project's result (same allocation), so the race is fair
+    for got, want in zip(authors(), ours()):
+        torch.testing.assert_close(got, want)
+    rows = {}
+    for name, fn in [("this project", ours), ("stock M-RoPE", stock), ("authors' concat", authors),
+                     ("(cos/sin build, once per forward)", build)]:
+        rows[name] = {"ms_per_layer": 1e3 * timed(fn, repeats, device), "bytes": memory(fn, device)}
+    # the floor: reading q and k once and writing them once
+    rows["bandwidth floor bytes"] = 2 * (q.numel() + k.numel()) * q.element_size()
+    return {"tokens": length, "rows": rows}
+
+
+def per_token_loop(cfg, tokens, grids, merge=2):
+    """A straightforward per-token VideoRoPE builder (what a first implementation looks like)."""
+    rows = [[], [], []]
+    grid_iter, position, i = iter(grids), 0.0, 0
+    while i < len(tokens):
+        if tokens[i] == VID:
+            t, h, w = next(grid_iter)
+            h, w = h // merge, w // merge
+            start = position
+            for frame in range(t):
+                for r in range(h):
+                    for c in range(w):
+                        tpos = start + cfg.temporal_stride * frame
+                        rows[0].append(tpos), rows[1].append(tpos + r - (h - 1) // 2)
+                        rows[2].append(tpos + c - (w - 1) // 2)
+            position = start + cfg.temporal_stride * (t - 1) + 1
+            i += t * h * w
+            continue
+        for row in rows:
+            row.append(position)
+        position += 1
+        i += 1
+    return rows
+
+
+def bench_index(tokens, batch, repeats):
+    cfg = RopeConfig("videorope")
+    ids, grid = video_layout(tokens)
+    ids, grids = ids.repeat(batch, 1), grid.repeat(batch, 1)
+
+    def ours():
+        return get_rope_index(cfg, ids, video_grid_thw=grids)
+
+    lists = ids.tolist()
+    grid_rows = grids.tolist()
+
+    def loop():
+        return [per_token_loop(cfg, lists[b], [grid_rows[b]]) for b in range(batch)]
+
+    expected = ours()[0]
+    assert torch.equal(torch.tensor(loop()[0], dtype=torch.float64), expected[:, 0].double())
+    slow_repeats = max(3, repeats // 4)
+    return {"batch": batch, "tokens_per_sample": ids.shape[1],
+            "this project ms": 1e3 * timed(ours, repeats, torch.device("cpu"), warmup=1),
+            "per-token loop ms": 1e3 * timed(loop, slow_repeats, torch.device("cpu"), warmup=1)}
+
+
+def bench_step(repeats, device, dtype, frames=16):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from videorope_train.hook.prepare import prepare_model
+    from videorope_train.tiny import make_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench-step-"))
+    base = make_tiny_model(work / "base", hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2,
+                           mrope_section=(8, 12, 12))
+    models = {
+        "videorope (hook)": prepare_model(base, work / "bench-videorope", RopeConfig("videorope")),
+        "mrope (hook)": prepare_model(base, work / "bench-mrope", RopeConfig("mrope")),
+        "mrope (stock)": base,
+    }
+    processor = AutoProcessor.from_pretrained(base)
+    generator = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 255, (frames, 224, 224, 3), generator=generator, dtype=torch.uint8).numpy()
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
+        add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], videos=[video], return_tensors="pt",
+                       videos_kwargs={"max_pixels": 224 * 224, "min_pixels": 224 * 224})
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    loaded = {}
+    for name, path in models.items():
+        kwargs = {"trust_remote_code": True} if "hook" in name else {}
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **kwargs)
+        loaded[name] = model.to(device).train()
+
+    def step(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            loss = model(**inputs, labels=inputs["input_ids"]).loss
+            loss.backward()
+        return run
+
+    samples = {name: [] for name in loaded}
+    for name, model in loaded.items():  # warm up
+        for _ in range(2):
+            step(model)()
+    for _ in range(repeats):  # interleaved, so drift hits every variant alike
+        for name, model in loaded.items():
+            sync(device)
+            start = time.perf_counter()
+            step(model)()
+            sync(device)
+            samples[name].append(time.perf_counter() - start)
+    medians = {name: 1e3 * statistics.median(values) for name, values in samples.items()}
+    params = sum(p.numel() for p in loaded["videorope (hook)"].parameters())
+    return {"tokens": int(inputs["input_ids"].shape[1]), "parameters": params, "ms": medians,
+            "videorope/mrope (hook)": medians["videorope (hook)"] / medians["mrope (hook)"],
+            "videorope (hook)/mrope (stock)": medians["videorope (hook)"] / medians["mrope (stock)"]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--index-batch", type=int, default=4)
+    parser.add_argument("--step-repeats", type=int, default=10)
+    parser.add_argument("--skip-step", action="store_true")
+    parser.add_argument("--out", default="bench_rope.json")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "rotary": [bench_rotary(n, args.repeats, device, dtype) for n in args.tokens],
+        "index": [bench_index(n, args.index_batch, args.repeats) for n in args.tokens],
+    }
+    if not args.skip_step:
+        report["step"] = bench_step(args.step_repeats, device, dtype)
+
+    print(f"device {report['device']} ({report['dtype']}, {report['threads']} threads)")
+    for entry in report["rotary"]:
+        print(f"\n(a) rotary per layer, {entry['tokens']} tokens, head_dim {HEAD_DIM}, {Q_HEADS}q/{KV_HEADS}kv heads")
+        floor = entry["rows"]["bandwidth floor bytes"]
+        for name, row in entry["rows"].items():
+            if isinstance(row, dict):
+                print(f"  {name:36s} {row['ms_per_layer']:9.3f} ms  {row['bytes'] / 2**20:9.1f} MiB")
+        print(f"  {'(q, k read + written once)':36s} {'':9s}     {floor / 2**20:9.1f} MiB")
+    for entry in report["index"]:
+        print(f"\n(b) position ids, batch {entry['batch']} x {entry['tokens_per_sample']} tokens: "
+              f"this project {entry['this project ms']:.2f} ms, per-token loop {entry['per-token loop ms']:.1f} ms "
+              f"({entry['per-token loop ms'] / entry['this project ms']:.0f}x)")
+    if "step" in report:
+        step = report["step"]
+        print(f"\n(c) train step, {step['parameters'] / 1e6:.1f}M params, {step['tokens']} tokens: "
+              + ", ".join(f"{k} {v:.1f} ms" for k, v in step["ms"].items())
+              + f"; videorope/mrope (hook) = {step['videorope/mrope (hook)']:.3f}")
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
