@@ -6,6 +6,7 @@ Training itself is LLaMA-Factory's own `llamafactory-cli train RECIPE.yaml` on a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .rope import EXTRAPOLATIONS, VARIANTS, RopeConfig
@@ -56,8 +57,32 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--global-batch", type=int, default=None, help="keep this global batch (sets grad accumulation)")
     plan.add_argument("overrides", nargs="*", help="key=value recipe overrides")
 
+    check = commands.add_parser("check-data", help="check every sample of a recipe's datasets before training")
+    check.add_argument("--recipe", required=True, help="the LLaMA-Factory recipe training will use")
+    check.add_argument("--dataset", action="append", help="dataset name(s) to check (default: the recipe's)")
+    check.add_argument("--out", default="data_check", help="where to write report.json and tokens.png")
+    check.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    check.add_argument("--limit", type=int, default=None, help="check the first N samples of each dataset")
+    check.add_argument("overrides", nargs="*", help="key=value recipe overrides (as given to training)")
+
     demo = commands.add_parser("make-demo-data", help="write the demo videos, images and sharegpt JSON")
     demo.add_argument("dataset_dir", nargs="?", default="data")
+
+    llava = commands.add_parser("prepare-llava-video", help="LLaVA-Video-178K -> sharegpt shards + dataset_info")
+    llava.add_argument("--src", required=True, help="LLaVA-Video-178K root (the <duration>_<source>/ folders)")
+    llava.add_argument("--out", required=True, help="dataset dir: llava_video_178k/ shards + dataset_info.json")
+    llava.add_argument("--dataset-info", default=None, help="also merge the entries into this dataset_info.json")
+    llava.add_argument("--max-duration-s", type=float, default=180.0, help="drop longer videos (default 180)")
+    llava.add_argument("--probe-duration", action="store_true", help="read durations with PyAV, not folder names")
+    llava.add_argument("--videos-0-2m", default="136000", help="videos under 2 min to sample ('all': no cap)")
+    llava.add_argument("--videos-2-3m", default="18000", help="videos of 2-3 min to sample ('all': no cap)")
+    llava.add_argument("--seed", type=int, default=0, help="sampling seed")
+    llava.add_argument("--sources", default=None, help="comma list, e.g. academic_v0_1,youtube_v0_1 (default all)")
+    llava.add_argument("--video-root", action="append", default=[], help="extra folder to look for videos in")
+    llava.add_argument("--media-dir", default=None, help="write video paths relative to this (default absolute)")
+    llava.add_argument("--shard-size", type=int, default=20000, help="records per shard file")
+    llava.add_argument("--restart", action="store_true", help="discard a previous run's output and state")
+    llava.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -78,10 +103,26 @@ def main(argv=None) -> int:
 
             print(shell_lines(launch_plan(args.recipe, args.nodes, args.gpus_per_node, args.global_batch,
                                           args.overrides)))
+        elif args.command == "check-data":
+            from .data.check import check_data, format_table
+
+            report = check_data(args.recipe, args.dataset, args.overrides, args.out, args.workers, args.limit)
+            print(format_table(report))
+            print(f"report: {args.out}/report.json, histogram: {args.out}/tokens.png")
+            return 1 if report["would_crash"] else 0
         elif args.command == "make-demo-data":
             from .data.demo import make_demo_data
 
             print(f"demo data written to {make_demo_data(args.dataset_dir)}")
+        elif args.command == "prepare-llava-video":
+            from .data.llava_video import format_summary, prepare_llava_video
+
+            print(format_summary(prepare_llava_video(
+                args.src, args.out, dataset_info=args.dataset_info, max_duration_s=args.max_duration_s,
+                probe=args.probe_duration, caps={"0_2m": args.videos_0_2m, "2_3m": args.videos_2_3m},
+                seed=args.seed, sources=args.sources.split(",") if args.sources else None,
+                video_roots=args.video_root, media_dir=args.media_dir, shard_size=args.shard_size,
+                restart=args.restart, progress=not args.no_progress)))
     except (ValueError, FileNotFoundError) as error:
         print(f"videorope-train {args.command}: error: {error}", file=sys.stderr)
         return 2
