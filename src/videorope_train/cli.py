@@ -83,12 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     llava.add_argument("--shard-size", type=int, default=20000, help="records per shard file")
     llava.add_argument("--restart", action="store_true", help="discard a previous run's output and state")
     llava.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    from .eval.cli import add_commands as add_eval_commands  # eval vniah/sweep/compare, make-vniah-data
+
+    add_eval_commands(commands)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("eval", "make-vniah-data"):
+            from .eval.cli import run_command
+
+            return run_command(args)
         if args.command == "prepare-model":
             from .hook.prepare import prepare_model
 

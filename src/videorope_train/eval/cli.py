@@ -1,0 +1,155 @@
+"""``videorope-train eval {vniah,sweep,compare}`` and ``videorope-train make-vniah-data`` (registered by ``cli.py``).
+
+Only argparse at import time; torch / transformers load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+COMMANDS = ("eval", "make-vniah-data")
+
+
+def _size(value: str):
+    height, sep, width = value.lower().partition("x")
+    try:
+        size = (int(height), int(width))
+    except ValueError:
+        size = None
+    if not sep or size is None or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 252x448, got {value!r}")
+    return size
+
+
+def _add_harness_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--haystack", required=True, help="haystack video (any format PyAV reads)")
+    parser.add_argument("--needles", required=True,
+                        help="needle JSON, or a directory with needles.json / dataset.json / *.parquet "
+                             "(lmms-lab/v_niah_needles as downloaded)")
+    parser.add_argument("--distractors", default=None,
+                        help="V-NIAH-D distractor images: JSON list in needle order, or a directory "
+                             "(NAME_interrupt.* per needle NAME); needles may also carry a 'distractor' key")
+    parser.add_argument("--task", choices=("auto", "vniah", "vniah-d"), default="auto",
+                        help="auto (default): vniah-d when every needle has a distractor, else vniah")
+    parser.add_argument("--min-frames", type=int, default=100)
+    parser.add_argument("--max-frames", type=int, default=3000)
+    parser.add_argument("--frame-interval", type=int, default=200)
+    parser.add_argument("--depth-interval", type=float, default=0.2)
+    parser.add_argument("--frame-size", type=_size, default=(252, 448),
+                        help="HxW every frame and needle is resized to (default 252x448: 144 tokens/frame)")
+    parser.add_argument("--distractor-gap", type=int, default=200, help="haystack frames between needle and distractor")
+    parser.add_argument("--haystack-fps", type=float, default=None,
+                        help="sample the haystack at this rate from the start (papers: 1); "
+                             "default: evenly over the whole video")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the distractor side draws")
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences per forward (short contexts only)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="chunked prefill: tokens per forward with a KV cache (long contexts on one GPU)")
+    parser.add_argument("--encode-batch", type=int, default=32, help="frames per vision-tower call")
+    parser.add_argument("--cache-dir", default=None, help="embedding cache (default OUT/cache)")
+    parser.add_argument("--overwrite", action="store_true", help="discard the cells already in --out")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--device-map", default=None, help="'auto': spread the layers over all visible GPUs")
+    parser.add_argument("--attn-implementation", default=None,
+                        help="default: flash_attention_2 on GPU when installed, else sdpa")
+    parser.add_argument("--processor", default=None, help="processor directory when the checkpoint has none")
+
+
+def add_commands(commands) -> None:
+    """Add ``eval`` (with vniah / sweep / compare) and ``make-vniah-data`` to a subparsers object."""
+    evaluate = commands.add_parser("eval", help="long-video retrieval evaluation: V-NIAH / V-NIAH-D")
+    sub = evaluate.add_subparsers(dest="eval_command", required=True)
+
+    vniah = sub.add_parser("vniah", help="V-NIAH / V-NIAH-D for one checkpoint (resumable)")
+    vniah.add_argument("--model", required=True, help="model directory (hooked or stock Qwen2-VL)")
+    vniah.add_argument("--out", required=True, help="result directory: cells/, summary.json, heatmap.png, cache/")
+    vniah.add_argument("--name", default=None, help="run name shown in the heatmap title")
+    vniah.add_argument("--plan", action="store_true",
+                       help="print tokens and rough GPU memory per length (from config.json) and exit")
+    _add_harness_arguments(vniah)
+
+    sweep = sub.add_parser("sweep", help="the harness for several checkpoints, then their heatmaps side by side")
+    sweep.add_argument("--model", required=True, action="append", metavar="NAME=DIR",
+                       help="a checkpoint (repeat: one per variant)")
+    sweep.add_argument("--out", required=True, help="OUT/NAME per checkpoint, OUT/compare.png, OUT/compare.json")
+    _add_harness_arguments(sweep)
+
+    compare = sub.add_parser("compare", help="draw finished runs side by side")
+    compare.add_argument("--runs", required=True, nargs="+", metavar="NAME=DIR", help="result directories")
+    compare.add_argument("--out", required=True, help="PNG to write")
+
+    data = commands.add_parser("make-vniah-data", help="write a small synthetic V-NIAH haystack + needle set")
+    data.add_argument("out")
+    data.add_argument("--frames", type=int, default=48, help="haystack video frames")
+    data.add_argument("--size", type=_size, default=(112, 112), help="HxW of the video and the images")
+    data.add_argument("--fps", type=int, default=8)
+    data.add_argument("--needles", type=int, default=3, help="number of needles (1-4)")
+
+
+def _settings(args):
+    from .vniah import VNIAHSettings
+
+    return VNIAHSettings(
+        min_frames=args.min_frames, max_frames=args.max_frames, frame_interval=args.frame_interval,
+        depth_interval=args.depth_interval, frame_size=tuple(args.frame_size), task=args.task,
+        distractor_gap=args.distractor_gap, haystack_fps=args.haystack_fps, seed=args.seed,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, encode_batch=args.encode_batch,
+    )
+
+
+def _load_kwargs(args) -> dict:
+    return dict(dtype=args.dtype, device=args.device, device_map=args.device_map,
+                attn_implementation=args.attn_implementation, processor=args.processor)
+
+
+def _report(summary: dict, out) -> str:
+    average = "n/a" if summary["average"] is None else f"{summary['average']:.4f}"
+    missing = "" if summary["complete"] else f", {len(summary['missing'])} missing"
+    return (f"{summary['task']}: average {average} over {summary['num_cells']} cells "
+            f"({summary['computed_cells']} computed now{missing}) -> {out}/summary.json, {out}/heatmap.png")
+
+
+def run_command(args) -> int:
+    """Run a command added by ``add_commands``; ValueError / FileNotFoundError propagate to the caller."""
+    if args.command == "make-vniah-data":
+        from .synthetic import make_vniah_data
+
+        path = make_vniah_data(args.out, frames=args.frames, size=tuple(args.size), fps=args.fps,
+                               num_needles=args.needles)
+        print(f"synthetic V-NIAH data: haystack {path.parent / 'haystack.mp4'}, needles {path}")
+        return 0
+    if args.eval_command == "vniah" and args.plan:
+        from .vniah import format_memory_plan, memory_plan
+
+        print(format_memory_plan(memory_plan(args.model, _settings(args))))
+        return 0
+    if args.eval_command == "vniah":
+        from .vniah import run_vniah
+
+        summary = run_vniah(args.model, args.haystack, args.needles, args.out, _settings(args),
+                            distractors=args.distractors, cache_dir=args.cache_dir, overwrite=args.overwrite,
+                            progress=not args.no_progress, load_kwargs=_load_kwargs(args), name=args.name)
+        print(_report(summary, args.out))
+        return 0
+    if args.eval_command == "sweep":
+        from .compare import sweep
+        from .plot import comparison_table, parse_named
+
+        path, summaries = sweep(parse_named(args.model, "--model"), args.haystack, args.needles, args.out,
+                                _settings(args), distractors=args.distractors, cache_dir=args.cache_dir,
+                                overwrite=args.overwrite, progress=not args.no_progress,
+                                load_kwargs=_load_kwargs(args))
+        print(comparison_table(summaries))
+        print(f"side by side: {path}")
+        return 0
+    if args.eval_command == "compare":
+        from .compare import compare_dirs
+        from .plot import parse_named
+
+        path, table = compare_dirs(parse_named(args.runs, "--runs"), args.out)
+        print(table)
+        print(f"side by side: {path}")
+        return 0
+    raise ValueError(f"unknown eval command {args.eval_command!r}")

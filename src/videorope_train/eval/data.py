@@ -1,0 +1,314 @@
+"""V-NIAH inputs: needle sets in the published layouts, and haystack frames sampled from a video with PyAV.
+
+Needle sets (``load_needles``) — one needle is an image, a question and its answer, plus (V-NIAH-D) a
+distractor image.  Accepted layouts:
+
+* a JSON list of ``{"image": PATH, "question": STR, "answer": STR, "distractor": PATH}`` (this package's
+  layout, written by ``make-vniah-data``; ``distractor`` optional), paths relative to the JSON file;
+* LongVA's / VideoRoPE's ``needle_datasets/dataset.json``: ``{"path": NAME, "prompt": STR, "answer": STR}``,
+  images next to the JSON or in its ``images/`` folder;
+* the Hugging Face dataset ``lmms-lab/v_niah_needles`` as downloaded (``data/test-*.parquet``: columns
+  ``image`` {bytes, path}, ``question``, ``answer``);
+* a directory holding any of these (``needles.json``, ``dataset.json`` or parquet files).
+
+Distractors (``--distractors``) may also come separately: a JSON list in needle order (same record keys), or
+a directory matched by name — VideoRoPE names the distractor of ``NAME.ext`` ``NAME_interrupt.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+ImageSource = Union[str, bytes]  # a file path or the encoded image itself
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One V-NIAH needle: image + question + answer (+ V-NIAH-D distractor image)."""
+
+    name: str
+    image: ImageSource
+    question: str
+    answer: str
+    distractor: Optional[ImageSource] = None
+
+
+# --------------------------------------------------------------------------------------------------- images
+
+
+def load_image(source: ImageSource):
+    """A PIL RGB image from a path or encoded bytes."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(source)) if isinstance(source, (bytes, bytearray)) else Image.open(source)
+    return image.convert("RGB")
+
+
+def resize_rgb(image, size: Tuple[int, int]) -> np.ndarray:
+    """A PIL image resized (bicubic, aspect not kept, as the VideoRoPE haystack code does) → uint8 [H, W, 3]."""
+    from PIL import Image
+
+    height, width = size
+    return np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.uint8)
+
+
+def source_digest(source: Optional[ImageSource]) -> str:
+    if source is None:
+        return "-"
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    return hashlib.sha1(data).hexdigest()
+
+
+def needles_fingerprint(needles: Sequence[Needle]) -> str:
+    """Content hash of a needle set (images, questions, answers, distractors)."""
+    digest = hashlib.sha1()
+    for needle in needles:
+        for part in (needle.question, needle.answer, source_digest(needle.image), source_digest(needle.distractor)):
+            digest.update(part.encode() + b"\0")
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------- needles
+
+
+def _resolve_image(value: str, roots: Sequence[Path], what: str) -> str:
+    path = Path(value)
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"{what} image {value!r} not found (looked in {', '.join(str(c) for c in candidates)})")
+
+
+def _image_field(record: dict, keys=("image", "path")):
+    for key in keys:
+        if key in record and record[key] is not None:
+            return record[key]
+    return None
+
+
+def _records_from_json(path: Path) -> List[dict]:
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):  # {"needles": [...]} is accepted too
+        data = data.get("needles", data.get("test"))
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of needles")
+    return data
+
+
+def _needles_from_records(records: List[dict], roots: Sequence[Path], origin: str) -> List[Needle]:
+    needles = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{origin}: needle {index} is not an object")
+        image = _image_field(record)
+        question = record.get("question", record.get("prompt"))
+        answer = record.get("answer")
+        if image is None or question is None or answer is None:
+            raise ValueError(
+                f"{origin}: needle {index} needs an image ('image' or 'path'), a question ('question' or 'prompt') "
+                f"and an 'answer'; got keys {sorted(record)}"
+            )
+        name = Path(image).stem if isinstance(image, str) else f"needle_{index}"
+        if isinstance(image, dict):  # datasets' Image feature as JSON: {"bytes": ..., "path": ...}
+            name = Path(image.get("path") or name).stem
+            image = image.get("bytes") or image.get("path")
+        if isinstance(image, str):
+            image = _resolve_image(image, roots, f"{origin}: needle {index}")
+        distractor = record.get("distractor")
+        if isinstance(distractor, str):
+            distractor = _resolve_image(distractor, roots, f"{origin}: distractor of needle {index}")
+        needles.append(Needle(name, image, str(question), str(answer), distractor))
+    return needles
+
+
+def _needles_from_parquet(files: Sequence[Path]) -> List[Needle]:
+    import pyarrow.parquet as pq
+
+    needles = []
+    for file in files:
+        for row in pq.read_table(file).to_pylist():
+            image = row.get("image")
+            if isinstance(image, dict):
+                name = Path(image.get("path") or f"needle_{len(needles)}").stem
+                image = image.get("bytes")
+            else:
+                name = f"needle_{len(needles)}"
+            if not image or row.get("question") is None or row.get("answer") is None:
+                raise ValueError(f"{file}: rows need 'image' (with bytes), 'question' and 'answer' columns")
+            needles.append(Needle(name, bytes(image), str(row["question"]), str(row["answer"])))
+    return needles
+
+
+def _attach_distractors(needles: List[Needle], spec: Union[str, Path]) -> List[Needle]:
+    spec = Path(spec)
+    if spec.is_file():
+        records = _records_from_json(spec)
+        if len(records) != len(needles):
+            raise ValueError(
+                f"{spec}: {len(records)} distractors for {len(needles)} needles (expected one each, in order)"
+            )
+        roots = [spec.parent, spec.parent / "images"]
+        sources = []
+        for index, record in enumerate(records):
+            value = record if isinstance(record, str) else _image_field(record, ("distractor", "image", "path"))
+            if not isinstance(value, str):
+                raise ValueError(f"{spec}: distractor {index} has no image path")
+            sources.append(_resolve_image(value, roots, f"{spec}: distractor {index}"))
+    elif spec.is_dir():
+        files = {p.stem: p for p in sorted(spec.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
+        sources = []
+        for needle in needles:
+            match = files.get(f"{needle.name}_interrupt") or files.get(needle.name)
+            if match is None:
+                raise ValueError(
+                    f"no distractor for needle {needle.name!r} in {spec} (looked for {needle.name}_interrupt.* and "
+                    f"{needle.name}.*; found {sorted(files)[:10]}); give a JSON list in needle order instead"
+                )
+            sources.append(str(match))
+    else:
+        raise FileNotFoundError(f"distractors {spec} does not exist")
+    return [Needle(n.name, n.image, n.question, n.answer, d) for n, d in zip(needles, sources)]
+
+
+def load_needles(spec: Union[str, Path], distractors: Union[str, Path, None] = None) -> List[Needle]:
+    """The needles of a JSON file or directory (see the module docstring for the layouts)."""
+    spec = Path(spec)
+    if spec.is_dir():
+        for name in ("needles.json", "dataset.json"):
+            if (spec / name).is_file():
+                return load_needles(spec / name, distractors)
+        parquet = sorted(spec.rglob("*.parquet"))
+        if not parquet:
+            raise FileNotFoundError(f"{spec} holds no needles.json, dataset.json or *.parquet")
+        needles = _needles_from_parquet(parquet)
+    elif spec.is_file():
+        needles = _needles_from_records(_records_from_json(spec), [spec.parent, spec.parent / "images"], str(spec))
+    else:
+        raise FileNotFoundError(f"needles {spec} does not exist")
+    if not needles:
+        raise ValueError(f"{spec}: no needles")
+    return _attach_distractors(needles, distractors) if distractors is not None else needles
+
+
+# --------------------------------------------------------------------------------------------------- haystack
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int  # frame count (exact when the container says so, else duration × rate)
+    duration: float  # seconds
+    fps: float
+
+
+def probe_video(path: Union[str, Path]) -> VideoInfo:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1e6
+        frames = int(stream.frames or 0)
+        if frames <= 0:
+            if duration is None:
+                frames = sum(1 for _ in container.decode(stream))
+            else:
+                frames = max(1, round(duration * fps))
+        if duration is None or duration <= 0:
+            duration = frames / fps
+    return VideoInfo(frames, duration, fps)
+
+
+def sample_times(info: VideoInfo, count: int, fps: Optional[float] = None) -> Tuple[List[float], bool]:
+    """Timestamps (s) of ``count`` haystack frames, and whether the video had to be looped.
+
+    ``fps=None``: spread evenly over the whole video (frame k at (k + ½)·D/count); when the video has fewer
+    frames than ``count``, every frame is used in turn and the video loops.  ``fps=f``: frame k at k/f from
+    the start (LongVA / VideoRoPE sample 1 fps), looping past the end.
+    """
+    if count < 1:
+        raise ValueError(f"need at least one haystack frame, got {count}")
+    duration = info.duration
+    if fps is not None:
+        if fps <= 0:
+            raise ValueError(f"--haystack-fps must be > 0, got {fps}")
+        times = [k / fps for k in range(count)]
+        looped = times[-1] >= duration
+        return [t % duration for t in times], looped
+    if count <= info.frames:
+        return [(k + 0.5) * duration / count for k in range(count)], False
+    return [((k % info.frames) + 0.5) * duration / info.frames for k in range(count)], True
+
+
+def read_frames(path: Union[str, Path], times: Sequence[float], size: Tuple[int, int]) -> np.ndarray:
+    """uint8 [len(times), H, W, 3]: the frame on screen at each time, resized to ``size`` = (H, W).
+
+    One decoding pass; each decoded frame that is used is resized once.
+    """
+    import av
+
+    class _Lazy:  # a decoded frame, resized on first use only (most frames of a long video are skipped)
+        def __init__(self, frame):
+            self.frame, self.array = frame, None
+
+        def get(self):
+            if self.array is None:
+                self.array = resize_rgb(self.frame.to_image(), size)
+                self.frame = None
+            return self.array
+
+    order = sorted(range(len(times)), key=lambda k: times[k])
+    out = np.empty((len(times), size[0], size[1], 3), dtype=np.uint8)
+    pointer, previous = 0, None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or 25)
+        for index, frame in enumerate(container.decode(stream)):
+            time = frame.time if frame.time is not None else index / rate
+            current = _Lazy(frame)
+            while pointer < len(order) and times[order[pointer]] < time:
+                # the frame on screen at that time is the previous one (the first frame for times before it)
+                out[order[pointer]] = (previous or current).get()
+                pointer += 1
+            if pointer >= len(order):
+                break
+            previous = current
+    if previous is None and pointer < len(order):
+        raise ValueError(f"{path}: no frame could be decoded")
+    while pointer < len(order):
+        out[order[pointer]] = previous.get()
+        pointer += 1
+    return out
+
+
+def haystack_frames(
+    path: Union[str, Path], count: int, size: Tuple[int, int], fps: Optional[float] = None
+) -> np.ndarray:
+    """``count`` frames of the haystack video, resized to ``size``; warns when the video loops."""
+    info = probe_video(path)
+    times, looped = sample_times(info, count, fps)
+    if looped:
+        have = info.frames if fps is None else max(1, math.floor(info.duration * fps))
+        warnings.warn(
+            f"haystack {path} yields {have} distinct frames ({info.duration:.1f} s at "
+            f"{'its own rate' if fps is None else f'{fps} fps'}) but {count} are needed: the video is looped",
+            stacklevel=2,
+        )
+    return read_frames(path, times, size)

@@ -1,0 +1,78 @@
+"""A small synthetic V-NIAH set: an mp4 haystack, needle images with questions, and V-NIAH-D distractors.
+
+Layout written to ``OUT`` (the same as a published set laid out for ``--needles``/``--haystack``)::
+
+    OUT/haystack.mp4                      PyAV/H.264, a coloured square moving over noise
+    OUT/needles.json                      [{"image", "question", "answer", "distractor"}, ...]
+    OUT/needles/NAME.png                  the needle: a coloured square on white
+    OUT/needles/NAME_interrupt.png        its distractor: a circle of another colour on white (VideoRoPE names
+                                          distractors ``<needle>_interrupt.png``)
+
+A random model does not answer these; the set exercises the harness end to end, not a model's skill.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+
+COLOURS = [("Red", (220, 30, 30)), ("Green", (30, 180, 60)), ("Blue", (30, 60, 220)), ("Yellow", (235, 210, 30))]
+QUESTION = (
+    "\nFind the frame with a coloured square on a white background. What colour is the square?\n"
+    "Answer the question using a single word or phrase."
+)
+
+
+def _shape_image(size: Tuple[int, int], colour, shape: str) -> np.ndarray:
+    height, width = size
+    image = np.full((height, width, 3), 255, dtype=np.uint8)
+    rows, cols = np.mgrid[0:height, 0:width]
+    cy, cx, radius = height / 2, width / 2, min(height, width) / 3
+    if shape == "square":
+        inside = (abs(rows - cy) <= radius) & (abs(cols - cx) <= radius)
+    else:
+        inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2
+    image[inside] = colour
+    return image
+
+
+def make_vniah_data(
+    out: str | Path,
+    frames: int = 48,
+    size: Tuple[int, int] = (112, 112),
+    fps: int = 8,
+    num_needles: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write the synthetic set to ``out``; returns the needles JSON path (the haystack is ``out/haystack.mp4``)."""
+    from PIL import Image
+
+    from ..data.demo import write_video
+
+    if not 1 <= num_needles <= len(COLOURS):
+        raise ValueError(f"num_needles must be 1..{len(COLOURS)}, got {num_needles}")
+    out = Path(out)
+    (out / "needles").mkdir(parents=True, exist_ok=True)
+    height, width = size
+    write_video(out / "haystack.mp4", frames, width, height, fps=fps, seed=seed)
+    records = []
+    for index in range(num_needles):
+        answer, colour = COLOURS[index]
+        other = COLOURS[(index + 1) % len(COLOURS)][1]
+        name = f"square_{answer.lower()}"
+        Image.fromarray(_shape_image(size, colour, "square")).save(out / "needles" / f"{name}.png")
+        Image.fromarray(_shape_image(size, other, "circle")).save(out / "needles" / f"{name}_interrupt.png")
+        records.append(
+            {
+                "image": f"needles/{name}.png",
+                "question": QUESTION,
+                "answer": answer,
+                "distractor": f"needles/{name}_interrupt.png",
+            }
+        )
+    path = out / "needles.json"
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    return path
