@@ -1,0 +1,256 @@
+"""scripts/slurm/train.sbatch on a REAL two-node Slurm cluster stood up on this machine (tests/slurm/cluster.sh).
+
+Real Debian slurm-wlm daemons (slurmctld + two `slurmd -N nodeX`) and munge, all as root; the test installs the
+packages with apt-get when they are missing and skips (with the reason) when it is not root or cannot install them.
+The tiny CPU recipe trains on both "nodes" (srun -> llamafactory-cli -> torchrun, gloo), and:
+  A. the job COMPLETES, both node ranks took part, and the checkpoint reloads as the hooked VideoRoPE model;
+  B. when rank 1 (the srun task on node2) dies, at start or mid-training, the whole job ends FAILED within seconds
+     and leaves no process behind. At start, rank 0 would otherwise wait at torchrun's rendezvous for many minutes:
+     there only `srun --kill-on-bad-exit=1` in train.sbatch ends the job fast.
+Runs as root in CI (about a minute here, plus the apt-get install the first time); `pytest -rs` shows skip reasons.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import load_hooked
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = REPO / "tests" / "slurm" / "cluster.sh"
+BIN = Path(sys.executable).parent
+VENV = BIN.parent
+SBIN_PATH = f"{os.environ.get('PATH', '')}:/usr/local/sbin:/usr/sbin:/sbin"
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+BINARIES = ["slurmctld", "slurmd", "sbatch", "scontrol", "munged"]
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+def _missing():
+    return [name for name in BINARIES if shutil.which(name, path=SBIN_PATH) is None]
+
+
+def _skip_reason():
+    if os.geteuid() != 0:
+        return "a real Slurm cluster needs root (its daemons and jobs run as root); not root here"
+    if _missing() and shutil.which("apt-get", path=SBIN_PATH) is None:
+        return f"Slurm is not installed (missing {', '.join(_missing())}) and there is no apt-get to install it"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+def _ensure_slurm():
+    """apt-get install the Slurm + munge packages when they are missing (skip where that is impossible)."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if not _missing():
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=SBIN_PATH)
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:  # stale package lists
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=900)
+        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"apt-get install {' '.join(PACKAGES)} failed:\n{result.stdout[-3000:]}" \
+                                   f"\n{result.stderr[-3000:]}"
+    assert not _missing(), f"still missing after apt-get install: {_missing()}"
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class Cluster:
+    def __init__(self, root, env):
+        self.root, self.env = root, env
+
+    def run(self, *command, timeout=60):
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def job(self, job_id):
+        """`scontrol show job` as a dict (JobState, ExitCode, NodeList, ...)."""
+        result = self.run("scontrol", "show", "job", "-o", str(job_id))
+        assert result.returncode == 0, result.stderr
+        return dict(re.findall(r"(\w+)=(\S*)", result.stdout))
+
+    def wait(self, job_id, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.job(job_id)
+            if info.get("JobState") not in ACTIVE:
+                return info
+            if time.monotonic() > deadline:
+                self.run("scancel", str(job_id))
+                pytest.fail(f"job {job_id} still {info.get('JobState')} after {timeout} s")
+            time.sleep(1)
+
+    def logs(self):
+        return "\n".join(f"--- {path.name}\n" + path.read_text(errors="replace")[-3000:]
+                         for path in sorted((self.root / "log").glob("*")) if path.is_file())
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    _ensure_slurm()
+    root = Path(f"/tmp/videorope-slurm-{os.getpid()}")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    ctld_port, *slurmd_ports = _free_ports(3)
+    env = dict(os.environ, ROOT=str(root), CTLD_PORT=str(ctld_port), SLURMD_PORTS=" ".join(map(str, slurmd_ports)),
+               PATH=SBIN_PATH, SLURM_CONF=str(root / "etc" / "slurm.conf"))
+    harness = ["bash", str(HARNESS)]
+    try:
+        up = subprocess.run([*harness, "up"], env=env, capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, f"cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
+        yield Cluster(root, env)
+    finally:
+        down = subprocess.run([*harness, "down"], env=env, capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, f"cluster.sh down left something behind:\n{down.stdout}\n{down.stderr}"
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _submit(cluster, tmp_path, name, overrides):
+    env = dict(cluster.env, RECIPE="recipes/tiny_cpu_sft.yaml", GPUS_PER_NODE="1", GLOBAL_BATCH="2",
+               PATH=f"{BIN}:{cluster.env['PATH']}", HF_HUB_OFFLINE="1", MASTER_PORT=str(_free_ports(1)[0]),
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if (VENV / "bin" / "activate").is_file():
+        env["VENV"] = str(VENV)
+    command = ["sbatch", "--parsable", f"--job-name={name}", "--nodes=2", "--ntasks-per-node=1",
+               f"--output={tmp_path}/%x-%j.out", f"--chdir={REPO}", "--export=ALL", "--time=10",
+               str(REPO / "scripts" / "slurm" / "train.sbatch"), *overrides]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"sbatch failed: {result.stderr}\n{cluster.logs()}"
+    job_id = result.stdout.strip().split(";")[0]
+    return job_id, tmp_path / f"{name}-{job_id}.out"
+
+
+def _overrides(hooked_dir, demo_dataset_dir, out, max_steps):
+    return [f"model_name_or_path={hooked_dir('videorope')}", f"dataset_dir={demo_dataset_dir}", f"output_dir={out}",
+            "per_device_train_batch_size=1", f"max_steps={max_steps}"]
+
+
+def _job_processes(cluster, job_id):
+    """{pid: environ} of every process of the job (its environment names the job and this cluster's SLURM_CONF)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = dict(item.split("=", 1) for item in (entry / "environ").read_bytes().decode(errors="replace")
+                           .split("\0") if "=" in item)
+        except OSError:
+            continue
+        if environ.get("SLURM_JOB_ID") == str(job_id) and environ.get("SLURM_CONF") == cluster.env["SLURM_CONF"]:
+            found[int(entry.name)] = environ
+    return found
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_two_node_training_completes(cluster, hooked_dir, demo_dataset_dir, tmp_path):
+    out = tmp_path / "out"
+    job_id, log = _submit(cluster, tmp_path, "videorope-ok", _overrides(hooked_dir, demo_dataset_dir, out, 2))
+    info = cluster.wait(job_id, timeout=480)
+    text = log.read_text(errors="replace") if log.exists() else "(no job log)"
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", \
+        f"{info.get('JobState')} {info.get('ExitCode')}\n{text[-6000:]}\n{cluster.logs()}"
+    assert info["NumNodes"] == "2" and info["NodeList"] == "node[1-2]", info
+    # Both node ranks took part: each slurmd launched a task of the step; each srun task started torchrun with its
+    # own node rank (NODE_RANK=$SLURM_NODEID); both training processes joined one world of 2 (gloo); the global
+    # batch of 2 came from 2 nodes x 1 process x 1 sample, without accumulation.
+    for node in ("node1", "node2"):
+        assert f"launch task StepId={job_id}.0 " in (cluster.root / "log" / f"slurmd-{node}.log").read_text(), node
+    for rank in (0, 1):
+        assert f"Multi-node training enabled: num nodes: 2, node rank: {rank}" in text, text[-6000:]
+        assert f"Process rank: {rank}, world size: 2, " in text, text[-6000:]
+    assert "2 node(s) x 1," in text and "gradient_accumulation_steps=1 " in text
+    assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 2\b", text)
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    model = load_hooked(out)
+    assert model.rope.variant == "videorope"
+
+def _kill_tree(pids):
+    """SIGSTOP then SIGKILL: nothing in the tree can react (or fork) in between."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("moment", ["at_start", "mid_training"])
+def test_dead_rank_fails_the_job_fast(cluster, hooked_dir, demo_dataset_dir, tmp_path, moment):
+    """Rank 1 (the srun task on node2) dies; the whole job must end FAILED within seconds, nothing left running.
+
+    at_start:     the rank-1 task is killed before its training process exists. Rank 0 then waits at torchrun's
+                  rendezvous and would do so for many minutes: only `srun --kill-on-bad-exit=1` ends the job fast.
+    mid_training: the rank-1 training process is SIGKILLed after the first logged step (a crashed worker).
+    """
+    # Far more steps than can finish: the job can only end because rank 1 dies.
+    job_id, log = _submit(cluster, tmp_path, f"videorope-{moment}",
+                          _overrides(hooked_dir, demo_dataset_dir, tmp_path / "out", 100000))
+    deadline = time.monotonic() + 300
+
+    def rank1_task():  # every process of the srun step on node2 (slurmstepd itself carries no SLURM_JOB_ID)
+        return {pid: env for pid, env in _job_processes(cluster, job_id).items()
+                if env.get("SLURM_NODEID") == "1" and env.get("SLURM_STEP_ID") == "0"}
+
+    def ready():
+        if moment == "at_start":
+            return bool(rank1_task())
+        return "{'loss':" in (log.read_text(errors="replace") if log.exists() else "")  # training under way
+
+    while not ready():
+        info = cluster.job(job_id)
+        assert info["JobState"] in ACTIVE, f"job ended too early: {info['JobState']}\n" \
+                                           f"{log.read_text(errors='replace')[-6000:] if log.exists() else ''}"
+        assert time.monotonic() < deadline, f"job {job_id} never reached the {moment} point"
+        time.sleep(0.05)
+    task = rank1_task()
+    assert task and all(env.get("SLURMD_NODENAME") == "node2" for env in task.values())
+    if moment == "at_start":
+        victims = sorted(task)
+        assert not any("launcher.py" in _cmdline(pid) for pid in victims), "rank 1 was already training"
+    else:
+        victims = [pid for pid, env in task.items() if env.get("RANK") == "1" and "launcher.py" in _cmdline(pid)]
+        assert len(victims) == 1, {pid: _cmdline(pid) for pid in task}
+    killed_at = time.monotonic()
+    _kill_tree(victims)
+    info = cluster.wait(job_id, timeout=120)
+    elapsed = time.monotonic() - killed_at
+    text = log.read_text(errors="replace")
+    print(f"job {job_id} ({moment}): {info['JobState']} {info['ExitCode']} {elapsed:.1f} s after the kill")
+    assert info["JobState"] == "FAILED", f"{info['JobState']} {info['ExitCode']}\n{text[-6000:]}"
+    assert elapsed < 120
+    assert re.search(r"srun: error: node2: task 1: (Exited with exit code [1-9]|Killed)", text), text[-6000:]
+    if moment == "at_start":  # rank 0 did not fail by itself: srun terminated it
+        assert re.search(rf"STEP {job_id}\.0 ON node1 CANCELLED|node1: task 0: Terminated", text), text[-6000:]
+    time.sleep(1)
+    assert not _job_processes(cluster, job_id), "processes of the failed job are still running"
