@@ -187,3 +187,24 @@ def test_apply_rotary_relative_and_dtype(dtype):
         scores.append((qr[0, 0, 0].float() @ kr[0, 0, 1].float()).item())
     tol = 1e-3 if dtype == torch.float32 else 0.3
     assert scores[1] == pytest.approx(scores[0], abs=tol) and scores[2] == pytest.approx(scores[0], abs=tol)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)])
+@pytest.mark.parametrize("shape", [(1, 4, 7, 16), (2, 28, 33, 128), (3, 1, 1, 8)])
+def test_apply_rotary_matches_reference_formula(dtype, tol, shape):
+    """apply_rotary == the textbook q·cos + rotate_half(q)·sin, computed in float64, on random inputs."""
+    torch.manual_seed(0)
+    b, h, length, d = shape
+    q, k = torch.randn(*shape), torch.randn(b, max(1, h // 2), length, d)
+    angles = torch.rand(b, length, d // 2) * 100
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    got_q, got_k = apply_rotary(q.to(dtype), k.to(dtype), cos.to(dtype), sin.to(dtype))
+
+    def reference(x):
+        x, c, s = x.double(), cos.double().unsqueeze(1), sin.double().unsqueeze(1)
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+        return x * c + torch.cat((-x2, x1), -1) * s
+
+    assert got_q.dtype == dtype
+    torch.testing.assert_close(got_q.double(), reference(q), rtol=tol, atol=tol * 10)
+    torch.testing.assert_close(got_k.double(), reference(k), rtol=tol, atol=tol * 10)
