@@ -132,7 +132,7 @@ def cluster():
 def _submit(cluster, tmp_path, name, overrides):
     env = dict(cluster.env, RECIPE="recipes/tiny_cpu_sft.yaml", GPUS_PER_NODE="1", GLOBAL_BATCH="2",
                PATH=f"{BIN}:{cluster.env['PATH']}", HF_HUB_OFFLINE="1", MASTER_PORT=str(_free_ports(1)[0]),
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", DATA_CHECK_DIR=str(tmp_path / f"{name}-check"))
     if (VENV / "bin" / "activate").is_file():
         env["VENV"] = str(VENV)
     command = ["sbatch", "--parsable", f"--job-name={name}", "--nodes=2", "--ntasks-per-node=1",
