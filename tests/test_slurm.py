@@ -190,10 +190,14 @@ def test_two_node_training_completes(cluster, hooked_dir, demo_dataset_dir, tmp_
         assert f"Process rank: {rank}, world size: 2, " in text, text[-6000:]
     assert "2 node(s) x 1," in text and "gradient_accumulation_steps=1 " in text
     assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 2\b", text)
+    # the data were checked before training started
+    assert "all samples OK" in text
+    assert not json.loads((tmp_path / "videorope-ok-check" / "report.json").read_text())["would_crash"]
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     model = load_hooked(out)
     assert model.rope.variant == "videorope"
+
 
 def _kill_tree(pids):
     """SIGSTOP then SIGKILL: nothing in the tree can react (or fork) in between."""
