@@ -222,3 +222,23 @@ def test_eager_attention_matches_sdpa(hooked_dir):
     with torch.no_grad():
         torch.testing.assert_close(eager.eval()(**inputs).logits[valid], load_hooked(path)(**inputs).logits[valid],
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_fractional_positions_survive_a_bf16_collator(hooked_dir):
+    """LLaMA-Factory casts floating batch tensors to the compute dtype; δ = 1.5 positions are rebuilt exactly."""
+    path = hooked_dir("videorope", temporal_stride=1.5)
+    model = load_hooked(path)
+    inputs = make_inputs(path, [("video", "What happens? " + "Tell me more about it. " * 40)])
+    positions, _ = model.get_rope_index(**inputs)
+    assert positions.dtype == torch.float32 and (positions.frac() != 0).any() and positions.max() > 300
+    collated = torch.cat([positions[:1], positions]).to(torch.bfloat16)  # [text; t; h; w], cast like the collator
+    assert not torch.equal(collated[1:].float(), positions)  # bf16 really loses them
+    with torch.no_grad():
+        exact = model(**inputs, position_ids=positions).logits
+        rebuilt = model(**inputs, position_ids=collated).logits
+        torch.testing.assert_close(rebuilt, exact, rtol=1e-5, atol=1e-5)
+        packed = torch.cat([collated, collated], dim=-1)
+        with pytest.raises(ValueError, match="cannot hold fractional positions"):
+            model(input_ids=torch.cat([inputs["input_ids"]] * 2, dim=1), position_ids=packed,
+                  pixel_values_videos=inputs["pixel_values_videos"].repeat(2, 1),
+                  video_grid_thw=inputs["video_grid_thw"].repeat(2, 1), use_cache=False)
