@@ -18,17 +18,22 @@ def tiny_base(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def hooked_dir(tiny_base, tmp_path_factory):
-    """hooked_dir(variant, **rope_settings) -> a prepared model directory (made once per setting)."""
+    """hooked_dir(variant, family="qwen2_vl", **rope_settings) -> a prepared model directory (made once each)."""
     from videorope_train.hook.prepare import prepare_model
     from videorope_train.rope import RopeConfig
+    from videorope_train.tiny import make_tiny_model
 
     root = tmp_path_factory.mktemp("hooked")
+    bases = {"qwen2_vl": tiny_base}
     made = {}
 
-    def make(variant="videorope", **settings):
-        key = (variant, tuple(sorted(settings.items())))
+    def make(variant="videorope", family="qwen2_vl", **settings):
+        if family not in bases:
+            bases[family] = make_tiny_model(root / f"base-{family}", family=family)
+        key = (variant, family, tuple(sorted(settings.items())))
         if key not in made:
-            made[key] = prepare_model(tiny_base, root / str(len(made)) / f"tiny-{variant}", RopeConfig(variant, **settings))
+            name = f"tiny-{variant}" if family == "qwen2_vl" else f"tiny25-{variant}"
+            made[key] = prepare_model(bases[family], root / str(len(made)) / name, RopeConfig(variant, **settings))
         return made[key]
 
     return make

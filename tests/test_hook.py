@@ -242,3 +242,29 @@ def test_fractional_positions_survive_a_bf16_collator(hooked_dir):
             model(input_ids=torch.cat([inputs["input_ids"]] * 2, dim=1), position_ids=packed,
                   pixel_values_videos=inputs["pixel_values_videos"].repeat(2, 1),
                   video_grid_thw=inputs["video_grid_thw"].repeat(2, 1), use_cache=False)
+
+
+def test_qwen2_5_vl_hook(hooked_dir):
+    """Qwen2.5-VL: mrope hook equals stock Qwen2.5-VL given the same positions; generate == full forward."""
+    from transformers import AutoModelForImageTextToText
+
+    path = hooked_dir("mrope", family="qwen2_5_vl")
+    hooked = load_hooked(path)
+    assert type(hooked).__name__ == "VideoRopeQwen2_5_VLForConditionalGeneration"
+    stock = AutoModelForImageTextToText.from_pretrained(path.parent.parent / "base-qwen2_5_vl").eval()
+    assert type(stock).__module__.startswith("transformers.models.qwen2_5_vl")
+    inputs = make_inputs(path, MIXED)
+    positions, _ = hooked.get_rope_index(**inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(**inputs, position_ids=positions).logits,
+                                   stock(**inputs, position_ids=positions).logits, rtol=1e-5, atol=1e-5)
+    videorope_path = hooked_dir("videorope", family="qwen2_5_vl")
+    model = load_hooked(videorope_path)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        mask = torch.cat([inputs["attention_mask"], torch.ones(len(MIXED), 3, dtype=torch.long)], dim=1)
+        full = model(input_ids=out.sequences, attention_mask=mask, **visual_kwargs(inputs)).logits
+    length = inputs["input_ids"].shape[1]
+    for step in range(3):
+        torch.testing.assert_close(out.logits[step], full[:, length - 1 + step], rtol=1e-4, atol=1e-4)

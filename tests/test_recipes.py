@@ -26,7 +26,8 @@ def load(path):
 
 def test_there_are_recipes():
     names = {p.name for p in TRAIN_RECIPES}
-    assert {"videorope_sft.yaml", "tiny_cpu_sft.yaml", "qwen2vl7b_videorope_lora_sft.yaml", *VARIANT_RECIPES.values()} <= names
+    assert {"videorope_sft.yaml", "tiny_cpu_sft.yaml", "qwen2vl7b_videorope_lora_sft.yaml",
+            "qwen25vl7b_videorope_full_sft.yaml", *VARIANT_RECIPES.values()} <= names
     assert [p.name for p in INFER_RECIPES] == ["qwen2vl7b_videorope_yarnv_infer.yaml"]
 
 
@@ -83,9 +84,10 @@ def test_baselines_differ_only_in_the_model(variant):
 def test_tiny_twin_runs(recipe, hooked_dir, demo_dataset_dir, tmp_path):
     args = load(recipe)
     variant = next((v for v, name in VARIANT_RECIPES.items() if name == recipe.name), "videorope")
+    family = "qwen2_5_vl" if recipe.name.startswith("qwen25vl") else "qwen2_vl"
     overrides = {
         **CPU_OVERRIDES,
-        "model_name_or_path": hooked_dir(variant),
+        "model_name_or_path": hooked_dir(variant, family=family),
         "dataset": "videorope_demo",
         "dataset_dir": demo_dataset_dir,
         "output_dir": tmp_path / "out",

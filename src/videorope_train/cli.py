@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny-model", help="write a random tiny Qwen2-VL (offline)")
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--family", choices=("qwen2_vl", "qwen2_5_vl"), default="qwen2_vl")
 
     plan = commands.add_parser("launch-plan", help="shell lines a launcher evaluates before llamafactory-cli")
     plan.add_argument("recipe")
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         elif args.command == "make-tiny-model":
             from .tiny import make_tiny_model
 
-            print(f"tiny Qwen2-VL written to {make_tiny_model(args.out, seed=args.seed)}")
+            print(f"tiny Qwen2-VL written to {make_tiny_model(args.out, seed=args.seed, family=args.family)}")
         elif args.command == "launch-plan":
             from .launch import launch_plan, shell_lines
 

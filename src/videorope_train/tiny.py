@@ -88,19 +88,26 @@ def make_tiny_model(
     mrope_section=(2, 3, 3),
     rope_theta: float = 1e6,
     seed: int = 0,
+    family: str = "qwen2_vl",
 ) -> Path:
-    """Write a random Qwen2-VL (stock, un-hooked) to ``out``; returns the path.
-
-    head_dim = hidden_size / num_heads and ``mrope_section`` must sum to head_dim / 2.
+    """Write a random Qwen2-VL (``family="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``), stock and un-hooked,
+    to ``out``; returns the path.  head_dim = hidden_size / num_heads; ``mrope_section`` sums to head_dim / 2.
     """
     import torch
     from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
     )
+
+    if family not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"family must be 'qwen2_vl' or 'qwen2_5_vl', got {family!r}")
+    qwen25 = family == "qwen2_5_vl"
 
     head_dim = hidden_size // num_heads
     if sum(mrope_section) * 2 != head_dim:
@@ -113,14 +120,20 @@ def make_tiny_model(
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)  # small images → few visual tokens
     image_processor = Qwen2VLImageProcessor(**pixels)
     video_processor = Qwen2VLVideoProcessor(**pixels)
-    processor = Qwen2VLProcessor(
+    processor = (Qwen2_5_VLProcessor if qwen25 else Qwen2VLProcessor)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
 
-    config = Qwen2VLConfig(
+    common_vision = dict(depth=2, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if qwen25:  # window attention with one full-attention block; out_hidden_size feeds the language model
+        vision_config = dict(common_vision, hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size,
+                             window_size=112, fullatt_block_indexes=[1], tokens_per_second=2)
+    else:
+        vision_config = dict(common_vision, embed_dim=32, hidden_size=hidden_size, mlp_ratio=2)
+    config = (Qwen2_5_VLConfig if qwen25 else Qwen2VLConfig)(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
@@ -134,16 +147,7 @@ def make_tiny_model(
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=hidden_size,
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -151,7 +155,7 @@ def make_tiny_model(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = (Qwen2_5_VLForConditionalGeneration if qwen25 else Qwen2VLForConditionalGeneration)(config)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

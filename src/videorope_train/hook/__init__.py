@@ -35,18 +35,23 @@ def check_versions() -> None:
 
 check_versions()
 
+from .common import CONFIG_KEY, rope_config_of  # noqa: E402
+from .qwen2_5_vl import (  # noqa: E402
+    VideoRopeQwen2_5_VLConfig,
+    VideoRopeQwen2_5_VLForConditionalGeneration,
+    VideoRopeQwen2_5_VLModel,
+)
 from .qwen2_vl import (  # noqa: E402
-    CONFIG_KEY,
-    HOOKED_MODEL_TYPE,
     VideoRopeQwen2VLConfig,
     VideoRopeQwen2VLForConditionalGeneration,
     VideoRopeQwen2VLModel,
-    rope_config_of,
 )
 
 __all__ = [
     "CONFIG_KEY",
-    "HOOKED_MODEL_TYPE",
+    "VideoRopeQwen2_5_VLConfig",
+    "VideoRopeQwen2_5_VLForConditionalGeneration",
+    "VideoRopeQwen2_5_VLModel",
     "VideoRopeQwen2VLConfig",
     "VideoRopeQwen2VLForConditionalGeneration",
     "VideoRopeQwen2VLModel",

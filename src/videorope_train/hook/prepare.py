@@ -5,47 +5,85 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..rope import RopeConfig, scaled_inv_freq
-from .qwen2_vl import CONFIG_KEY, HOOKED_MODEL_TYPE
+from .common import CONFIG_KEY
 
 REMOTE_MODULE = "modeling_videorope"
-CONFIG_CLASS = "VideoRopeQwen2VLConfig"
-MODEL_CLASS = "VideoRopeQwen2VLForConditionalGeneration"
-AUTO_MAP = {
-    "AutoConfig": f"{REMOTE_MODULE}.{CONFIG_CLASS}",
-    # LLaMA-Factory loads a config class it does not know through AutoModelForCausalLM.
-    "AutoModelForCausalLM": f"{REMOTE_MODULE}.{MODEL_CLASS}",
-    "AutoModelForImageTextToText": f"{REMOTE_MODULE}.{MODEL_CLASS}",
-}
 
-REMOTE_CODE = f'''"""Remote code of a VideoRoPE-hooked Qwen2-VL (written by `videorope-train prepare-model`).
+
+@dataclass(frozen=True)
+class Family:
+    """A supported model family: its stock model_type, hooked marker and class names."""
+
+    model_type: str
+    hook_module: str  # videorope_train.hook.<hook_module>
+    prefix: str  # class-name prefix, e.g. VideoRopeQwen2VL
+
+    @property
+    def hooked_model_type(self) -> str:
+        return f"{self.model_type}_videorope"
+
+    @property
+    def config_class(self) -> str:
+        return f"{self.prefix}Config"
+
+    @property
+    def model_class(self) -> str:
+        return f"{self.prefix}ForConditionalGeneration"
+
+    def auto_map(self) -> dict:
+        return {
+            "AutoConfig": f"{REMOTE_MODULE}.{self.config_class}",
+            # LLaMA-Factory loads a config class it does not know through AutoModelForCausalLM.
+            "AutoModelForCausalLM": f"{REMOTE_MODULE}.{self.model_class}",
+            "AutoModelForImageTextToText": f"{REMOTE_MODULE}.{self.model_class}",
+        }
+
+    def remote_code(self) -> str:
+        return f'''"""Remote code of a VideoRoPE-hooked {self.model_type} model (written by `videorope-train prepare-model`).
 
 The implementation is the installed `videorope_train` package (pip install it next to LLaMA-Factory); the
 RoPE settings are the "{CONFIG_KEY}" block of config.json.  Classes are subclassed here so that
 `save_pretrained` copies this file into every checkpoint, keeping checkpoints self-describing.
 """
 
-from videorope_train.hook import qwen2_vl as _hook
+from videorope_train.hook import {self.hook_module} as _hook
 
 
-class {CONFIG_CLASS}(_hook.{CONFIG_CLASS}):
+class {self.config_class}(_hook.{self.config_class}):
     pass
 
 
-class {MODEL_CLASS}(_hook.{MODEL_CLASS}):
-    config_class = {CONFIG_CLASS}
+class {self.model_class}(_hook.{self.model_class}):
+    config_class = {self.config_class}
 
 
-{CONFIG_CLASS}.register_for_auto_class()
-{MODEL_CLASS}.register_for_auto_class("AutoModelForImageTextToText")
+{self.config_class}.register_for_auto_class()
+{self.model_class}.register_for_auto_class("AutoModelForImageTextToText")
 '''
 
 
+FAMILIES = {
+    family.model_type: family
+    for family in (Family("qwen2_vl", "qwen2_vl", "VideoRopeQwen2VL"),
+                   Family("qwen2_5_vl", "qwen2_5_vl", "VideoRopeQwen2_5_VL"))
+}
+
+
+def family_of(config: dict, where: Path) -> Family:
+    model_type = str(config.get("model_type", "")).removesuffix("_videorope")
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"{where}/config.json: model_type {config.get('model_type')!r} is not supported; "
+            f"expected one of {sorted(FAMILIES)}"
+        )
+    return FAMILIES[model_type]
+
+
 def _validate_base(config: dict, base: Path) -> None:
-    if config.get("model_type") not in ("qwen2_vl", HOOKED_MODEL_TYPE):
-        raise ValueError(f"{base}/config.json: model_type {config.get('model_type')!r} is not Qwen2-VL ('qwen2_vl')")
     text = config.get("text_config") or config
     heads = text.get("num_attention_heads")
     hidden = text.get("hidden_size")
@@ -68,6 +106,7 @@ def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: boo
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} does not exist (expected a Qwen2-VL model directory)")
     config = json.loads(config_path.read_text())
+    family = family_of(config, base)
     _validate_base(config, base)
     if out.resolve() == base:
         raise ValueError("--out must differ from --base (the base directory is left untouched)")
@@ -85,11 +124,11 @@ def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: boo
         else:
             os.symlink(source.resolve(), target)
     config.update(
-        model_type=HOOKED_MODEL_TYPE,
-        architectures=[MODEL_CLASS],
-        auto_map=dict(AUTO_MAP),
+        model_type=family.hooked_model_type,
+        architectures=[family.model_class],
+        auto_map=family.auto_map(),
         **{CONFIG_KEY: rope.to_dict()},
     )
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out / f"{REMOTE_MODULE}.py").write_text(REMOTE_CODE)
+    (out / f"{REMOTE_MODULE}.py").write_text(family.remote_code())
     return out

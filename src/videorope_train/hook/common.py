@@ -1,0 +1,342 @@
+"""The hook's family-agnostic parts (Qwen2-VL and Qwen2.5-VL share them): mixins over transformers' classes.
+
+Version-specific (transformers 5.6), with the per-family files `qwen2_vl.py` and `qwen2_5_vl.py` the only
+modules that touch transformers' model internals.  What changes against the stock models:
+
+- positions: ``get_rope_index`` / ``compute_3d_position_ids`` come from ``videorope_train.rope``; decoding with
+  a KV cache uses p + rope_deltas (TAD: 2·p + rope_deltas) from the prefill of the *same* call;
+- rotary: ``language_model.rotary_emb`` gathers the per-channel cos/sin [B, L, head_dim] once per forward,
+  and every attention layer applies plain 1-D rotary (no per-layer section split);
+- packing: a 4-row ``[text; t; h; w]`` position tensor gets a sequence-local text row, so VideoRoPE's
+  jumps are never read as sequence boundaries.
+
+Nothing global is patched: two models with different variants can live in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from ..rope import (
+    RopeConfig,
+    apply_rotary,
+    frequency_axes,
+    get_rope_index,
+    rotary_cos_sin,
+    scaled_inv_freq,
+    sequence_local_positions,
+)
+
+CONFIG_KEY = "videorope"
+
+
+def rope_config_of(config: Any) -> RopeConfig:
+    """The ``RopeConfig`` stored in a model config's ``videorope`` block."""
+    block = getattr(config, CONFIG_KEY, None)
+    if block is None:
+        raise ValueError(
+            f"the model config has no '{CONFIG_KEY}' block; prepare the model with "
+            f"`videorope-train prepare-model --base DIR --rope VARIANT --out DIR`"
+        )
+    return block if isinstance(block, RopeConfig) else RopeConfig.from_dict(block)
+
+
+class VideoRopeConfigMixin:
+    """A config carrying a ``videorope`` block.
+
+    It reports the stock ``model_type`` (e.g. ``"qwen2_vl"``) so LLaMA-Factory treats the model as the stock
+    family (template, vision tower freezing, mm plugin), but writes ``hooked_model_type`` to config.json: a
+    hooked directory then cannot be loaded by stock classes (which would silently train M-RoPE) —
+    transformers demands ``trust_remote_code=True`` instead.
+    """
+
+    hooked_model_type: str
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # config.json's marker; keep reporting the class' stock model_type
+        super().__post_init__(**kwargs)
+        if getattr(self, CONFIG_KEY, None) is not None:  # transformers also builds a bare instance for defaults
+            rope_config_of(self)  # validate early: unknown variant, bad δ, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["model_type"] = self.hooked_model_type
+        return output
+
+
+class VideoRopeRotaryEmbedding(nn.Module):
+    """cos/sin [B, L, head_dim] for 3-row position ids, built once per forward and shared by every layer.
+
+    The frequency tables (axes [F], inv_freq [F] and the extrapolated inv_freq [F]) are built on first use and
+    cached per device.  They are not buffers: transformers materialises buffers of meta-initialised models
+    with its own initialisers, which do not know this module.
+    """
+
+    def __init__(self, rope: RopeConfig, head_dim: int, rope_theta: float, mrope_section):
+        super().__init__()
+        self.rope = rope
+        self.head_dim, self.rope_theta, self.mrope_section = head_dim, float(rope_theta), tuple(mrope_section)
+        self._tables: dict = {}
+        scaled_inv_freq(rope, head_dim, rope_theta, self.mrope_section, seq_len=0)  # validate now, not mid-run
+
+    def _inv_freq(self, rope: RopeConfig, seq_len=None) -> torch.Tensor:
+        return scaled_inv_freq(rope, self.head_dim, self.rope_theta, self.mrope_section, seq_len=seq_len)
+
+    def tables(self, device: torch.device):
+        """(axes, inv_freq, extrapolated_inv_freq) on ``device``."""
+        tables = self._tables.get(device)
+        if tables is None:
+            with torch.device("cpu"):
+                unscaled = dataclasses.replace(self.rope, extrapolation=None)
+                static = self.rope if self.rope.extrapolation not in (None, "dynamic") else unscaled
+                tables = (frequency_axes(self.rope, self.mrope_section), self._inv_freq(unscaled), self._inv_freq(static))
+            tables = self._tables[device] = tuple(t.to(device) for t in tables)
+        return tables
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+        """x: any tensor of the compute dtype; position_ids [3, B, L] → (cos, sin) each [B, L, head_dim]."""
+        axes, inv_freq, extrapolated = self.tables(position_ids.device)
+        rope = self.rope
+        if rope.extrapolation is not None and (not self.training or rope.extrapolate_in_training):
+            if rope.extrapolation == "dynamic":  # the current length stays a tensor: no host sync
+                inv_freq = self._inv_freq(rope, seq_len=position_ids.max() + 1)
+            else:
+                inv_freq = extrapolated
+        device_type = x.device.type if x.device.type != "mps" else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):  # frequencies in float32
+            return rotary_cos_sin(position_ids, inv_freq, axes, dtype=x.dtype)
+
+
+class PlainRotaryAttentionMixin:
+    """Attention applying precomputed per-channel cos/sin as plain 1-D rotary.
+
+    Same parameters as the stock class (instances are re-classed in place, see ``hook_language_model``);
+    ``forward`` is the stock one with ``apply_multimodal_rotary_pos_emb`` replaced by ``apply_rotary``.
+    Subclasses set ``eager_attention_forward`` to their family's.
+    """
+
+    eager_attention_forward = None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values=None,
+        output_attentions: bool = False,
+        use_cache: bool = False,
+        position_embeddings=None,
+        **kwargs,
+    ):
+        bsz, q_len, _ = hidden_states.size()
+        query_states = self.q_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary(query_states, key_states, cos, sin)
+
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, type(self).eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            position_ids=position_ids,  # the sequence-local text row, for FA2 varlen
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(bsz, q_len, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+def hook_language_model(language_model: nn.Module, rope: RopeConfig, attention_class: type) -> None:
+    text_config = language_model.config
+    head_dim = text_config.hidden_size // text_config.num_attention_heads
+    language_model.rotary_emb = VideoRopeRotaryEmbedding(
+        rope,
+        head_dim,
+        text_config.rope_parameters["rope_theta"],
+        text_config.rope_parameters["mrope_section"],
+    )
+    for layer in language_model.layers:
+        # Re-class rather than rebuild: no new parameters, so ZeRO-3's partitioned weights stay where they are.
+        layer.self_attn.__class__ = attention_class
+
+
+class VideoRopeModelMixin:
+    """Positions, packing, one vision pass: over a stock ``*VLModel`` (``attention_class`` set by subclasses)."""
+
+    attention_class: type
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.rope = rope_config_of(config)
+        hook_language_model(self.language_model, self.rope, self.attention_class)
+
+    def get_rope_index(
+        self,
+        input_ids: torch.Tensor,
+        image_grid_thw: Optional[torch.Tensor] = None,
+        video_grid_thw: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        **unused: Any,
+    ):
+        """position_ids [3, B, L] and rope_deltas [B, 1] of this model's variant (see ``rope.get_rope_index``).
+
+        Extra keyword arguments callers pass for the stock models (``mm_token_type_ids``, ``second_per_grid_ts``)
+        are not needed: blocks are found from the token ids, and the temporal index is the temporal-patch index
+        for every family (Qwen2.5-VL's absolute-time M-RoPE is not reproduced; see the README).
+        """
+        return get_rope_index(
+            self.rope,
+            input_ids,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            attention_mask=attention_mask,
+            spatial_merge_size=self.config.vision_config.spatial_merge_size,
+            image_token_id=self.config.image_token_id,
+            video_token_id=self.config.video_token_id,
+            vision_start_token_id=self.config.vision_start_token_id,
+        )
+
+    def compute_3d_position_ids(
+        self,
+        input_ids,
+        inputs_embeds,
+        image_grid_thw=None,
+        video_grid_thw=None,
+        attention_mask=None,
+        past_key_values=None,
+        mm_token_type_ids=None,
+        **unused,
+    ):
+        """Positions when the caller gave none: the full layout on a fresh pass, the decode rule after it."""
+        batch, length = inputs_embeds.shape[:2]
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past == 0:
+            if input_ids is None:  # embeddings only: a text-only layout of the same length
+                input_ids = torch.zeros(batch, length, dtype=torch.long, device=inputs_embeds.device)
+            if attention_mask is not None and attention_mask.dim() == 2:
+                attention_mask = attention_mask[:, -length:]
+            else:
+                attention_mask = None
+            position_ids, self.rope_deltas = self.get_rope_index(
+                input_ids, image_grid_thw, video_grid_thw, attention_mask=attention_mask
+            )
+            return position_ids
+        if self.rope_deltas is None:
+            raise ValueError("decoding with a KV cache needs a prefill pass of this model first (rope_deltas unset)")
+        deltas = self.rope_deltas
+        if deltas.shape[0] != batch:
+            deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0)
+        steps = 2 if self.rope.variant == "tad" else 1
+        cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
+        position_ids = steps * cache_position.view(1, -1) + deltas.to(inputs_embeds.device)
+        return position_ids.unsqueeze(0).expand(3, -1, -1)
+
+    def _normalise_position_ids(self, position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask):
+        """Accept [3, B, L] or LLaMA-Factory's [text; t; h; w]; give the text row sequence-local numbering."""
+        if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+            rows = position_ids[1:]
+            if rows.dtype in (torch.float16, torch.bfloat16):
+                rows = self._recompute_lossy(rows, input_ids, image_grid_thw, video_grid_thw, attention_mask)
+            text_row = sequence_local_positions(position_ids[0]).to(rows.dtype)
+            return torch.cat([text_row.unsqueeze(0), rows], dim=0)
+        if position_ids.dtype in (torch.float16, torch.bfloat16):
+            return self._recompute_lossy(position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask)
+        return position_ids
+
+    def _recompute_lossy(self, rows, input_ids, image_grid_thw, video_grid_thw, attention_mask):
+        # Fractional positions (non-integer δ) cast to bf16/fp16 by a data collator lose their integer part
+        # beyond 256; rebuild them exactly from the tokens when the row is one sequence.
+        if input_ids is None or (rows[0] == 0).sum(dim=-1).max() > 1:
+            raise ValueError(
+                f"position ids arrived as {rows.dtype}, which cannot hold fractional positions exactly, and cannot "
+                f"be rebuilt here (packed sequences or no input_ids); use an integer temporal_stride with packing"
+            )
+        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask=mask)[0]
+
+    def _embed_images_and_videos(self, input_ids, inputs_embeds, pixel_values, pixel_values_videos,
+                                 image_grid_thw, video_grid_thw):
+        """Run the vision tower once over images and videos together and place the features.
+
+        Stock Qwen2-VL calls the tower once per modality; under DeepSpeed ZeRO-3 a rank whose batch has both
+        then gathers the tower's parameters one more time than a rank with one modality, and the job hangs.
+        The tower attends within each grid item (cu_seqlens), so one joint call gives the same features.
+        """
+        joint = torch.cat([pixel_values, pixel_values_videos.to(pixel_values.dtype)], dim=0)
+        features = self.get_image_features(joint, torch.cat([image_grid_thw, video_grid_thw], dim=0)).pooler_output
+        num_images = image_grid_thw.shape[0]
+        image_embeds = torch.cat(features[:num_images], dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+        video_embeds = torch.cat(features[num_images:], dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+        image_mask, video_mask = self.get_placeholder_mask(
+            input_ids, inputs_embeds=inputs_embeds, image_features=image_embeds, video_features=video_embeds
+        )
+        return inputs_embeds.masked_scatter(image_mask, image_embeds).masked_scatter(video_mask, video_embeds)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, pixel_values=None, pixel_values_videos=None, image_grid_thw=None,
+                video_grid_thw=None, **kwargs):
+        if position_ids is not None:
+            position_ids = self._normalise_position_ids(
+                position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask
+            )
+        if pixel_values is not None and pixel_values_videos is not None:
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self._embed_images_and_videos(
+                input_ids, inputs_embeds, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw
+            )
+            pixel_values = pixel_values_videos = None
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            **kwargs,
+        )
+
+
+class VideoRopeGenerationMixin:
+    """Over a stock ``*ForConditionalGeneration``: the hooked ``model_class`` inside, positions derived in forward."""
+
+    model_class: type
+    pretrained_class: type  # the family's PreTrainedModel, whose __init__ runs instead of the stock one
+
+    def __init__(self, config):
+        self.pretrained_class.__init__(self, config)
+        self.model = self.model_class(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    @property
+    def rope(self) -> RopeConfig:
+        return self.model.rope
+
+    def get_rope_index(self, *args, **kwargs):
+        return self.model.get_rope_index(*args, **kwargs)
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # Positions are derived inside forward (prefill: full layout; then p + rope_deltas), never carried in
+        # model_kwargs: generate's "last position + 1" update is wrong for TAD and for prompts ending in a video.
+        return None
