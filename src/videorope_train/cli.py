@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--base", required=True, help="stock Qwen2-VL model directory")
     prepare.add_argument("--out", required=True, help="where to write the hooked directory")
     prepare.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
+    prepare.add_argument("--video-budget", action="store_true",
+                         help="apply the authors' per-video pixel budget in the processor (see README)")
+    prepare.add_argument("--video-total-pixels", type=int, default=8000 * 28 * 28)
+    prepare.add_argument("--video-max-frame-pixels", type=int, default=768 * 28 * 28)
+    prepare.add_argument("--video-min-frame-pixels", type=int, default=4 * 28 * 28)
     _add_rope_arguments(prepare)
 
     tiny = commands.add_parser("make-tiny-model", help="write a random tiny Qwen2-VL (offline)")
@@ -101,7 +106,12 @@ def main(argv=None) -> int:
         if args.command == "prepare-model":
             from .hook.prepare import prepare_model
 
-            out = prepare_model(args.base, args.out, _rope_from_args(args), copy=args.copy)
+            from .data.budget import VideoBudget
+
+            budget = None
+            if args.video_budget:
+                budget = VideoBudget(args.video_total_pixels, args.video_max_frame_pixels, args.video_min_frame_pixels)
+            out = prepare_model(args.base, args.out, _rope_from_args(args), copy=args.copy, video_budget=budget)
             print(f"hooked model written to {out}")
         elif args.command == "make-tiny-model":
             from .tiny import make_tiny_model

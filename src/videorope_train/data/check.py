@@ -173,6 +173,7 @@ def _report(results: list[dict], args: dict) -> dict:
         "samples": len(results),
         "counts": {status: counts.get(status, 0) for status in ("ok", *PROBLEMS)},
         "tokens": stats,
+        "visual_tokens": {"max": max((r["visual_tokens"] for r in results if "visual_tokens" in r), default=0)},
         "problems": [r for r in results if r["status"] != "ok"],
         "would_crash": any(counts.get(status, 0) for status in PROBLEMS),
     }

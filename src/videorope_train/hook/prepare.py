@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..rope import RopeConfig, scaled_inv_freq
+from ..data.budget import VideoBudget
 from .common import CONFIG_KEY
 
 REMOTE_MODULE = "modeling_videorope"
+VIDEO_PROCESSOR_CLASS = "VideoRopeVideoProcessor"
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,14 @@ RoPE settings are the "{CONFIG_KEY}" block of config.json.  Classes are subclass
 """
 
 from videorope_train.hook import {self.hook_module} as _hook
+from videorope_train.hook import video_processor as _video
 
 
 class {self.config_class}(_hook.{self.config_class}):
+    pass
+
+
+class {VIDEO_PROCESSOR_CLASS}(_video.{VIDEO_PROCESSOR_CLASS}):
     pass
 
 
@@ -63,6 +70,7 @@ class {self.model_class}(_hook.{self.model_class}):
 
 {self.config_class}.register_for_auto_class()
 {self.model_class}.register_for_auto_class("AutoModelForImageTextToText")
+{VIDEO_PROCESSOR_CLASS}.register_for_auto_class("AutoVideoProcessor")
 '''
 
 
@@ -94,12 +102,42 @@ def _validate_base(config: dict, base: Path) -> None:
     scaled_inv_freq(RopeConfig("mrope"), head_dim=hidden // heads, mrope_section=section)  # raises on mismatch
 
 
-def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: bool = False) -> Path:
+def _video_processor_files(base: Path, budget: VideoBudget) -> dict[str, dict]:
+    """The processor config file to rewrite so that the budget-applying video processor is loaded.
+
+    transformers reads the video processor from processor_config.json's "video_processor" section, else
+    video_preprocessor_config.json, else preprocessor_config.json (the image processor's settings).
+    """
+
+    def hooked(section: dict) -> dict:
+        section = {k: v for k, v in section.items() if k not in ("image_processor_type", "processor_class")}
+        section.update(
+            video_processor_type=VIDEO_PROCESSOR_CLASS,
+            auto_map={"AutoVideoProcessor": f"{REMOTE_MODULE}.{VIDEO_PROCESSOR_CLASS}"},
+            video_budget=budget.to_dict(),
+        )
+        return section
+
+    processor = base / "processor_config.json"
+    if processor.is_file():
+        config = json.loads(processor.read_text())
+        if "video_processor" in config:
+            config["video_processor"] = hooked(config["video_processor"])
+            return {processor.name: config}
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (base / name).is_file():
+            return {"video_preprocessor_config.json": hooked(json.loads((base / name).read_text()))}
+    raise ValueError(f"{base} has no processor configuration (processor_config.json / preprocessor_config.json)")
+
+
+def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: bool = False,
+                  video_budget: VideoBudget | None = None) -> Path:
     """Write a hooked model directory ``out`` for ``base``.
 
-    Every file of ``base`` except config.json is symlinked (copied with ``copy=True``), so 7B weights are not
-    duplicated; config.json gets the ``videorope`` block, the ``auto_map`` and the hooked model_type.
-    Re-preparing a hooked directory replaces its RoPE settings.
+    Every file of ``base`` except config.json (and the processor config a ``video_budget`` changes) is
+    symlinked (copied with ``copy=True``), so 7B weights are not duplicated; config.json gets the ``videorope``
+    block, the ``auto_map`` and the hooked model_type.  With ``video_budget`` the processor applies the
+    authors' per-video pixel budget (``hook/video_processor.py``).  Re-preparing replaces the settings.
     """
     base, out = Path(base).resolve(), Path(out)
     config_path = base / "config.json"
@@ -110,9 +148,10 @@ def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: boo
     _validate_base(config, base)
     if out.resolve() == base:
         raise ValueError("--out must differ from --base (the base directory is left untouched)")
+    rewritten = _video_processor_files(base, video_budget) if video_budget is not None else {}
     out.mkdir(parents=True, exist_ok=True)
     for source in sorted(base.iterdir()):
-        if source.name in ("config.json", f"{REMOTE_MODULE}.py") or source.name.startswith("."):
+        if source.name in ("config.json", f"{REMOTE_MODULE}.py", *rewritten) or source.name.startswith("."):
             continue
         target = out / source.name
         if target.is_symlink() or target.is_file():
@@ -130,5 +169,7 @@ def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: boo
         **{CONFIG_KEY: rope.to_dict()},
     )
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name, content in rewritten.items():
+        (out / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     (out / f"{REMOTE_MODULE}.py").write_text(family.remote_code())
     return out

@@ -1,0 +1,48 @@
+"""A Qwen2-VL video processor applying the authors' per-video pixel budget (``data.budget.VideoBudget``).
+
+LLaMA-Factory samples the frames (``video_fps``, ``video_maxlen``) and hands them to the processor's video
+processor; this one resizes each video by its own limit, min(max_frame_pixels, 2·total_pixels/frames).  It
+is the remote code of a model prepared with ``--video-budget``, so it takes effect through the unforked CLI.
+
+Its ``size`` is None on purpose: LLaMA-Factory 0.9.5 predicts a video's grid from ``video_processor.size``
+(one fixed limit for all videos) to count tokens without decoding, and falls back to decoding through this
+processor when there is no ``size`` — the only way its token counts match per-video limits.  The cost: data
+preprocessing decodes every video once (LLaMA-Factory caches the tokenized dataset with ``tokenized_path``).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import BatchFeature
+from transformers.image_utils import SizeDict
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+from ..data.budget import VideoBudget
+
+
+class VideoRopeVideoProcessor(Qwen2VLVideoProcessor):
+    def __init__(self, video_budget: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.video_budget = VideoBudget(**(video_budget or {})).to_dict()
+        self.size = None  # see the module docstring
+
+    def _standardize_kwargs(self, size=None, **kwargs):
+        if size is None:  # the per-video limits are applied in _preprocess; this only satisfies validation
+            budget = VideoBudget(**self.video_budget)
+            size = SizeDict(shortest_edge=budget.min_frame_pixels, longest_edge=budget.max_frame_pixels)
+        return super()._standardize_kwargs(size=size, **kwargs)
+
+    def _preprocess(self, videos, size, return_tensors=None, **kwargs):
+        budget = VideoBudget(**self.video_budget)
+        outputs = []
+        for video in videos:  # [T, C, H, W]: each video by its own frame count
+            limit = budget.frame_max_pixels(video.shape[0])
+            video_size = SizeDict(shortest_edge=min(budget.min_frame_pixels, limit), longest_edge=limit)
+            outputs.append(super()._preprocess([video], size=video_size, return_tensors=None, **kwargs))
+        return BatchFeature(
+            data={
+                "pixel_values_videos": torch.cat([o["pixel_values_videos"] for o in outputs], dim=0),
+                "video_grid_thw": torch.cat([torch.as_tensor(o["video_grid_thw"]) for o in outputs], dim=0),
+            },
+            tensor_type=return_tensors,
+        )
