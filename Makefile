@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 demo: setup
 	$(BIN)/videorope-train make-tiny-model $(TINY)
-	$(BIN)/videorope-train prepare-model --base $(TINY) --rope videorope --temporal-stride 2 --out $(TINY)-videorope
+	$(BIN)/videorope-train prepare-model --base $(TINY) --rope videorope --temporal-stride 2 --video-budget --out $(TINY)-videorope
 	$(BIN)/videorope-train make-demo-data data
 	$(BIN)/llamafactory-cli train recipes/tiny_cpu_sft.yaml
 	@echo "checkpoint: work_dirs/tiny_cpu_sft"
