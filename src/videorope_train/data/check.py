@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -52,6 +52,7 @@ def _init_worker(args: dict) -> None:
     torch.set_num_threads(1)
     _WORKER["pipeline"] = _pipeline(args)
     _WORKER["converters"] = {}
+    _WORKER["decoded"] = {}
 
 
 def _converter(name, dataset_attr):
@@ -89,10 +90,17 @@ def check_sample(task) -> dict:
     if missing:
         return {**result, "status": "missing", "detail": missing}
     plugin = template.mm_plugin
-    try:
-        mm_inputs = plugin._get_mm_inputs(images, videos, [], processor)  # decodes every frame
-    except Exception as error:
-        return {**result, "status": "corrupt", "detail": f"{_media_paths(images) + _media_paths(videos)}: {error!r}"}
+    media = tuple(_media_paths(images) + _media_paths(videos))
+    decoded = _WORKER["decoded"]
+    if media not in decoded:  # LLaVA-Video has ~9 QA per video: decode each media set once per worker
+        try:
+            features = plugin._get_mm_inputs(images, videos, [], processor)  # decodes every frame
+            decoded[media] = {k: v for k, v in features.items() if k.endswith("grid_thw")}  # keep grids only
+        except Exception as error:
+            decoded[media] = error
+    mm_inputs = decoded[media]
+    if isinstance(mm_inputs, Exception):
+        return {**result, "status": "corrupt", "detail": f"{list(media)}: {mm_inputs!r}"}
     try:
         input_ids, _ = encoder._encode_data_example(prompt, response, converted["_system"], converted["_tools"],
                                                      images, videos, [])
@@ -147,14 +155,18 @@ def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrid
         args["dataset"] = ",".join(datasets)
     names = [name.strip() for name in str(args["dataset"]).split(",")]
     dataset_dir = args.get("dataset_dir", "data")
-    tasks = []
-    for name, attr in zip(names, get_dataset_list(names, dataset_dir)):
-        for index, example in _load_examples(attr, dataset_dir):
-            if limit is not None and index >= limit:
-                break
-            tasks.append((name, attr, index, example))
-    with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker, initargs=(args,)) as pool:
-        results = list(pool.map(check_sample, tasks, chunksize=max(1, len(tasks) // (8 * max(1, workers)))))
+    def tasks():  # streamed to the workers: a 1.3M-sample dataset is never held in memory at once
+        for name, attr in zip(names, get_dataset_list(names, dataset_dir)):
+            for index, example in _load_examples(attr, dataset_dir):
+                if limit is not None and index >= limit:
+                    break
+                yield name, attr, index, example
+
+    from tqdm import tqdm
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or locks
+    with context.Pool(max(1, workers), initializer=_init_worker, initargs=(args,)) as pool:
+        results = list(tqdm(pool.imap(check_sample, tasks(), chunksize=16), desc="check-data", unit="sample"))
     report = _report(results, args)
     _write(report, results, Path(out), int(args.get("cutoff_len", 2048)))
     return report
