@@ -3,8 +3,9 @@
 # Keeps GLOBAL_BATCH (default: the recipe's own accumulation), resumes from the last checkpoint, and first runs
 # `videorope-train check-data` on the recipe's datasets (SKIP_DATA_CHECK=1 to skip; report in DATA_CHECK_DIR).
 set -euo pipefail
-recipe=${1:?recipe}; gpus=${2:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
-shift $(( $# < 2 ? $# : 2 ))
+recipe=${1:?recipe}; shift
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then gpus=$1; shift
+else gpus=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))'); fi
 plan=$(videorope-train launch-plan --nodes 1 --gpus-per-node "$gpus" ${GLOBAL_BATCH:+--global-batch "$GLOBAL_BATCH"} \
        "$recipe" "$@")
 eval "$plan"

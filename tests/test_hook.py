@@ -268,3 +268,22 @@ def test_qwen2_5_vl_hook(hooked_dir):
     length = inputs["input_ids"].shape[1]
     for step in range(3):
         torch.testing.assert_close(out.logits[step], full[:, length - 1 + step], rtol=1e-4, atol=1e-4)
+
+
+def test_generate_ignores_caller_positions_and_names_unsupported_masks(hooked_dir):
+    path = hooked_dir("tad")
+    model = load_hooked(path)
+    inputs = make_inputs(path, MIXED)
+    positions, _ = model.get_rope_index(**inputs)
+    kwargs = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
+                  return_dict_in_generate=True)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **kwargs)
+        given = model.generate(**inputs, position_ids=torch.cat([positions[:1], positions]), **kwargs)
+        for a, b in zip(plain.logits, given.logits):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="need input_ids"):
+            embeds = model.get_input_embeddings()(inputs["input_ids"])
+            model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], **visual_kwargs(inputs))
+        with pytest.raises(ValueError, match="2-D padding mask"):
+            model.generate(**inputs, max_new_tokens=2, cache_implementation="static")

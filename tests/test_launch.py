@@ -70,3 +70,13 @@ def test_local_launcher_with_wandb_offline(hooked_dir, demo_dataset_dir, tmp_pat
     assert json.loads(config["videorope"])["variant"] == "videorope"
     losses = [float(json.loads(h["train/loss"])) for h in history if "train/loss" in h]
     assert len(losses) == 3 and all(loss > 0 for loss in losses)
+
+
+def test_plan_respects_explicit_accumulation_and_rejects_zero(hooked_dir, tmp_path):
+    model = f"model_name_or_path={hooked_dir('videorope')}"
+    recipe = REPO / "recipes" / "videorope_sft.yaml"
+    plan = launch_plan(recipe, 2, 8, 128, [model, f"output_dir={tmp_path}", "gradient_accumulation_steps=2"])
+    assert [o for o in plan["overrides"] if o.startswith("gradient_accumulation_steps")] == [
+        "gradient_accumulation_steps=2"]
+    with pytest.raises(ValueError, match="at least 1 node"):
+        launch_plan(recipe, 2, 0, 128, [model])

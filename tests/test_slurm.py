@@ -129,19 +129,25 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _submit(cluster, tmp_path, name, overrides):
+def _submit(cluster, tmp_path, name, overrides, via_submit_script=False):
+    """sbatch train.sbatch directly, or through scripts/slurm/submit.sh (which checks the data first)."""
     env = dict(cluster.env, RECIPE="recipes/tiny_cpu_sft.yaml", GPUS_PER_NODE="1", GLOBAL_BATCH="2",
                PATH=f"{BIN}:{cluster.env['PATH']}", HF_HUB_OFFLINE="1", MASTER_PORT=str(_free_ports(1)[0]),
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", DATA_CHECK_DIR=str(tmp_path / f"{name}-check"))
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", DATA_CHECK_DIR=str(tmp_path / f"{name}-check"),
+               NO_GPU_GRES="1")
     if (VENV / "bin" / "activate").is_file():
         env["VENV"] = str(VENV)
-    command = ["sbatch", "--parsable", f"--job-name={name}", "--nodes=2", "--ntasks-per-node=1",
-               f"--output={tmp_path}/%x-%j.out", f"--chdir={REPO}", "--export=ALL", "--time=10",
-               str(REPO / "scripts" / "slurm" / "train.sbatch"), *overrides]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"sbatch failed: {result.stderr}\n{cluster.logs()}"
-    job_id = result.stdout.strip().split(";")[0]
-    return job_id, tmp_path / f"{name}-{job_id}.out"
+    flags = ["--parsable", f"--job-name={name}", "--ntasks-per-node=1", f"--output={tmp_path}/%x-%j.out",
+             f"--chdir={REPO}", "--export=ALL", "--time=10"]
+    if via_submit_script:
+        command = ["bash", str(REPO / "scripts" / "slurm" / "submit.sh"), "recipes/tiny_cpu_sft.yaml", "2", "1",
+                   *flags, "--", *overrides]
+    else:
+        command = ["sbatch", "--nodes=2", *flags, str(REPO / "scripts" / "slurm" / "train.sbatch"), *overrides]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"submission failed: {result.stderr[-3000:]}\n{cluster.logs()}"
+    job_id = result.stdout.strip().splitlines()[-1].split(";")[0]
+    return job_id, tmp_path / f"{name}-{job_id}.out", result.stdout
 
 
 def _overrides(hooked_dir, demo_dataset_dir, out, max_steps):
@@ -174,7 +180,8 @@ def _cmdline(pid):
 
 def test_two_node_training_completes(cluster, hooked_dir, demo_dataset_dir, tmp_path):
     out = tmp_path / "out"
-    job_id, log = _submit(cluster, tmp_path, "videorope-ok", _overrides(hooked_dir, demo_dataset_dir, out, 2))
+    job_id, log, submitted = _submit(cluster, tmp_path, "videorope-ok", _overrides(hooked_dir, demo_dataset_dir, out, 2),
+                                     via_submit_script=True)
     info = cluster.wait(job_id, timeout=480)
     text = log.read_text(errors="replace") if log.exists() else "(no job log)"
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", \
@@ -190,8 +197,8 @@ def test_two_node_training_completes(cluster, hooked_dir, demo_dataset_dir, tmp_
         assert f"Process rank: {rank}, world size: 2, " in text, text[-6000:]
     assert "2 node(s) x 1," in text and "gradient_accumulation_steps=1 " in text
     assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 2\b", text)
-    # the data were checked before training started
-    assert "all samples OK" in text
+    # the data were checked before submission (submit.sh), not inside the allocation
+    assert "all samples OK" in submitted and "all samples OK" not in text
     assert not json.loads((tmp_path / "videorope-ok-check" / "report.json").read_text())["would_crash"]
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
@@ -218,7 +225,7 @@ def test_dead_rank_fails_the_job_fast(cluster, hooked_dir, demo_dataset_dir, tmp
     mid_training: the rank-1 training process is SIGKILLed after the first logged step (a crashed worker).
     """
     # Far more steps than can finish: the job can only end because rank 1 dies.
-    job_id, log = _submit(cluster, tmp_path, f"videorope-{moment}",
+    job_id, log, _ = _submit(cluster, tmp_path, f"videorope-{moment}",
                           _overrides(hooked_dir, demo_dataset_dir, tmp_path / "out", 100000))
     deadline = time.monotonic() + 300
 

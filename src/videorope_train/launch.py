@@ -82,15 +82,18 @@ def last_checkpoint(output_dir: str | Path) -> Optional[Path]:
 
 def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch: Optional[int] = None,
                 overrides: Iterable[str] = ()) -> dict:
+    if nodes < 1 or gpus_per_node < 1:
+        raise ValueError(f"need at least 1 node and 1 process per node, got {nodes} x {gpus_per_node}")
     overrides = list(overrides)
     args = load_recipe(recipe, overrides)
+    overridden = {item.partition("=")[0] for item in overrides}
     extra = []
-    if global_batch:
+    if global_batch and "gradient_accumulation_steps" not in overridden:  # an explicit override wins
         steps = gradient_accumulation(int(args.get("per_device_train_batch_size", 1)), nodes * gpus_per_node,
                                       global_batch)
         extra.append(f"gradient_accumulation_steps={steps}")
     identity = run_identity(args)
-    if "run_name" not in {item.partition("=")[0] for item in overrides}:
+    if "run_name" not in overridden:
         extra.append(f"run_name={identity['name']}")
     checkpoint = last_checkpoint(args["output_dir"])
     if checkpoint is not None:

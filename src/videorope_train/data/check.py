@@ -52,7 +52,31 @@ def _init_worker(args: dict) -> None:
     torch.set_num_threads(1)
     _WORKER["pipeline"] = _pipeline(args)
     _WORKER["converters"] = {}
-    _WORKER["decoded"] = {}
+    _decode_once(_WORKER["pipeline"][3].mm_plugin)
+
+
+def _decode_once(plugin) -> None:
+    """Make this worker's plugin decode each media set once.
+
+    A sample is decoded here to catch corrupt files, and again inside LLaMA-Factory's token counting (fully,
+    when the video processor applies a per-video budget); LLaVA-Video also has ~9 QA per video.  Only the
+    grids are kept for repeats — all that token counting reads.
+    """
+    decode, cache = plugin._get_mm_inputs, {}
+
+    def cached(images, videos, audios, processor):
+        key = tuple(_media_paths(images) + _media_paths(videos))
+        if key not in cache:
+            try:
+                cache[key] = {k: v for k, v in decode(images, videos, audios, processor).items()
+                              if k.endswith("grid_thw")}
+            except Exception as error:  # corrupt media: remembered, re-raised for every sample using it
+                cache[key] = error
+        if isinstance(cache[key], Exception):
+            raise cache[key]
+        return cache[key]
+
+    plugin._get_mm_inputs = cached
 
 
 def _converter(name, dataset_attr):
@@ -90,17 +114,10 @@ def check_sample(task) -> dict:
     if missing:
         return {**result, "status": "missing", "detail": missing}
     plugin = template.mm_plugin
-    media = tuple(_media_paths(images) + _media_paths(videos))
-    decoded = _WORKER["decoded"]
-    if media not in decoded:  # LLaVA-Video has ~9 QA per video: decode each media set once per worker
-        try:
-            features = plugin._get_mm_inputs(images, videos, [], processor)  # decodes every frame
-            decoded[media] = {k: v for k, v in features.items() if k.endswith("grid_thw")}  # keep grids only
-        except Exception as error:
-            decoded[media] = error
-    mm_inputs = decoded[media]
-    if isinstance(mm_inputs, Exception):
-        return {**result, "status": "corrupt", "detail": f"{list(media)}: {mm_inputs!r}"}
+    try:
+        mm_inputs = plugin._get_mm_inputs(images, videos, [], processor)  # decodes every frame (once per media)
+    except Exception as error:
+        return {**result, "status": "corrupt", "detail": f"{_media_paths(images) + _media_paths(videos)}: {error!r}"}
     try:
         input_ids, _ = encoder._encode_data_example(prompt, response, converted["_system"], converted["_tools"],
                                                      images, videos, [])
@@ -108,13 +125,13 @@ def check_sample(task) -> dict:
         full_length = sum(len(s) + len(t) for s, t in template.encode_multiturn(tokenizer, messages,
                                                                                converted["_system"],
                                                                                converted["_tools"]))
+        merge = getattr(processor.image_processor, "merge_size", 2) ** 2
+        visual = {"image": int(mm_inputs["image_grid_thw"].prod(-1).sum()) // merge if images else 0,
+                  "video": int(mm_inputs["video_grid_thw"].prod(-1).sum()) // merge if videos else 0}
+        token_ids = {"image": tokenizer.convert_tokens_to_ids(plugin.image_token or "<|image_pad|>"),
+                     "video": tokenizer.convert_tokens_to_ids(plugin.video_token or "<|video_pad|>")}
     except Exception as error:
         return {**result, "status": "error", "detail": repr(error)}
-    merge = getattr(processor.image_processor, "merge_size", 2) ** 2
-    visual = {"image": int(mm_inputs["image_grid_thw"].prod(-1).sum()) // merge if images else 0,
-              "video": int(mm_inputs["video_grid_thw"].prod(-1).sum()) // merge if videos else 0}
-    token_ids = {"image": tokenizer.convert_tokens_to_ids(plugin.image_token or "<|image_pad|>"),
-                 "video": tokenizer.convert_tokens_to_ids(plugin.video_token or "<|video_pad|>")}
     kept = {kind: sum(1 for t in input_ids if t == token_ids[kind]) for kind in visual}
     result.update(tokens=full_length, visual_tokens=visual["image"] + visual["video"])
     if kept != visual:
@@ -163,6 +180,8 @@ def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrid
                 yield name, attr, index, example
 
     from tqdm import tqdm
+
+    _pipeline(args)  # fail here, once, on a bad model / template / processor (a failing pool initializer respawns)
 
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or locks
     with context.Pool(max(1, workers), initializer=_init_worker, initargs=(args,)) as pool:

@@ -46,6 +46,18 @@ def rope_config_of(config: Any) -> RopeConfig:
     return block if isinstance(block, RopeConfig) else RopeConfig.from_dict(block)
 
 
+def _two_d_mask(attention_mask, length: int):
+    """The [B, L] padding mask of the current tokens, from what transformers passes as attention_mask."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        raise ValueError(
+            "the VideoRoPE hook needs the 2-D padding mask to place positions (got a precomputed "
+            f"{type(attention_mask).__name__} mask, e.g. from a static/compiled cache); use the default dynamic cache"
+        )
+    return attention_mask[:, -length:]
+
+
 class VideoRopeConfigMixin:
     """A config carrying a ``videorope`` block.
 
@@ -224,23 +236,29 @@ class VideoRopeModelMixin:
         mm_token_type_ids=None,
         **unused,
     ):
-        """Positions when the caller gave none: the full layout on a fresh pass, the decode rule after it."""
+        """Positions when the caller gave none: the full layout on a fresh pass, the decode rule after it.
+
+        rope_deltas are kept on the call's cache object (and mirrored on ``self.rope_deltas`` as stock does),
+        so concurrent ``generate`` calls on one model do not read each other's.
+        """
         batch, length = inputs_embeds.shape[:2]
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if past == 0:
-            if input_ids is None:  # embeddings only: a text-only layout of the same length
+            if input_ids is None:
+                if image_grid_thw is not None or video_grid_thw is not None:
+                    raise ValueError("visual inputs need input_ids to place their blocks (got inputs_embeds only); "
+                                     "pass input_ids, or position_ids computed with get_rope_index")
                 input_ids = torch.zeros(batch, length, dtype=torch.long, device=inputs_embeds.device)
-            if attention_mask is not None and attention_mask.dim() == 2:
-                attention_mask = attention_mask[:, -length:]
-            else:
-                attention_mask = None
-            position_ids, self.rope_deltas = self.get_rope_index(
-                input_ids, image_grid_thw, video_grid_thw, attention_mask=attention_mask
+            position_ids, deltas = self.get_rope_index(
+                input_ids, image_grid_thw, video_grid_thw, attention_mask=_two_d_mask(attention_mask, length)
             )
+            self.rope_deltas = deltas
+            if past_key_values is not None:
+                past_key_values.videorope_deltas = deltas
             return position_ids
-        if self.rope_deltas is None:
-            raise ValueError("decoding with a KV cache needs a prefill pass of this model first (rope_deltas unset)")
-        deltas = self.rope_deltas
+        deltas = getattr(past_key_values, "videorope_deltas", None)
+        if deltas is None:
+            raise ValueError("decoding with a KV cache needs this model's prefill pass on the same cache first")
         if deltas.shape[0] != batch:
             deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0)
         steps = 2 if self.rope.variant == "tad" else 1
@@ -268,7 +286,10 @@ class VideoRopeModelMixin:
                 f"position ids arrived as {rows.dtype}, which cannot hold fractional positions exactly, and cannot "
                 f"be rebuilt here (packed sequences or no input_ids); use an integer temporal_stride with packing"
             )
-        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        if input_ids.shape[-1] != rows.shape[-1]:
+            raise ValueError("fractional position ids arrived in bf16/fp16 for a partial sequence; pass float32 "
+                             "position ids, or none (generate derives its own)")
+        mask = _two_d_mask(attention_mask, rows.shape[-1])
         return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask=mask)[0]
 
     def _embed_images_and_videos(self, input_ids, inputs_embeds, pixel_values, pixel_values_videos,
@@ -335,6 +356,11 @@ class VideoRopeGenerationMixin:
 
     def get_rope_index(self, *args, **kwargs):
         return self.model.get_rope_index(*args, **kwargs)
+
+    def prepare_inputs_for_generation(self, *args, position_ids=None, rope_deltas=None, **kwargs):
+        # generate() derives positions itself; ids passed by the caller (e.g. a collator's) would be advanced
+        # by +1 per step, which is wrong for TAD, fractional positions and prompts that end in a video.
+        return super().prepare_inputs_for_generation(*args, **kwargs)
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         # Positions are derived inside forward (prefill: full layout; then p + rope_deltas), never carried in
