@@ -327,3 +327,15 @@ def test_long_sample():
     # A 0..999, <vs> 1000, video t 1001..1127, <ve> 1128, B ..3128, <vs> 3129, video t 3130..3256, <ve> 3257
     assert pos[0, 0, 1000 + 1 + 36864 + 1 + 2000 + 1].item() == 3130
     assert pos[0, 0, -1].item() == 3257 + 5000
+
+
+def test_masked_block_before_real_blocks_keeps_row_order():
+    # sample 0: a masked-out image (its grid row comes first), sample 1: a real image with a different grid
+    seq = torch.tensor([[A, VS] + [IMG] * 4 + [VE], [A, VS] + [IMG] * 2 + [VE, B, B]])
+    mask = torch.tensor([[1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+    grids = torch.tensor([[1, 4, 4], [1, 2, 4]])  # 4 tokens for the masked block, 2 for the real one
+    pos, _ = get_rope_index(RopeConfig("mrope"), seq, image_grid_thw=grids, attention_mask=mask)
+    assert pos[:, 1].tolist() == [[0, 1, 2, 2, 4, 5, 6], [0, 1, 2, 2, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]]
+    with pytest.raises(ValueError, match="partly padding"):
+        get_rope_index(RopeConfig("mrope"), seq, image_grid_thw=grids,
+                       attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1] * 7]))

@@ -39,29 +39,34 @@ class _GridRows:
         self.used += 1
         return self.used - 1, self.rows[self.used - 1]
 
-    def check_all_used(self, masked_blocks: int) -> None:
-        # Rows may also belong to blocks that sit entirely under attention_mask 0 (LLaMA-Factory appends such a
-        # placeholder image to batches without images); those take no position.
-        if self.used + masked_blocks != len(self.rows):
+    def check_all_used(self) -> None:
+        if self.used != len(self.rows):
             raise ValueError(
-                f"{self.name} has {len(self.rows)} row(s) but the batch's input_ids contain {self.used} such "
-                f"block(s) (+{masked_blocks} masked out): were visual tokens truncated, e.g. by cutoff_len?"
+                f"{self.name} has {len(self.rows)} row(s) but the batch's input_ids contain only {self.used} "
+                f"such block(s): were visual tokens truncated, e.g. by cutoff_len?"
             )
 
 
 def _find_blocks(
-    ids: torch.Tensor,
+    row: torch.Tensor,
+    valid: torch.Tensor,
     sample: int,
     grids: dict,
     spatial_merge_size: int,
     vision_start_token_id: int,
 ) -> List[Tuple[int, int, int, int, int]]:
-    """Visual blocks of one sample's valid tokens as (start, length, T, H, W), H/W in LLM-grid units."""
-    starts = torch.nonzero(ids[:-1] == vision_start_token_id).flatten() + 1
-    kinds = ids[starts]
+    """Visual blocks of one sample as (start among its valid tokens, length, T, H, W), H/W in LLM-grid units.
+
+    Blocks are walked in order over the whole row, so grid rows are handed out in order of appearance; a block
+    lying entirely under attention_mask 0 (padding, LLaMA-Factory's placeholder image) takes its row but no
+    positions.
+    """
+    starts = torch.nonzero(row[:-1] == vision_start_token_id).flatten() + 1
+    kinds = row[starts]
     visual = torch.zeros_like(kinds, dtype=torch.bool)
     for token_id in grids:
         visual |= kinds == token_id
+    valid_before = torch.cumsum(valid, 0) - valid.long()  # valid tokens before each index
     blocks = []
     expected = {token_id: 0 for token_id in grids}
     for block, (start, token_id) in enumerate(zip(starts[visual].tolist(), kinds[visual].tolist())):
@@ -74,7 +79,7 @@ def _find_blocks(
             )
         h, w = h0 // spatial_merge_size, w0 // spatial_merge_size
         length = t * h * w
-        window = ids[start : start + length + 1] == token_id
+        window = row[start : start + length + 1] == token_id
         run = window.numel() if bool(window.all()) else int(torch.argmin(window.to(torch.uint8)))
         if run != length:
             found = f"more than {length}" if run > length else str(run)
@@ -83,10 +88,15 @@ def _find_blocks(
                 f"{rows.name} row {row_index} = {(t, h0, w0)} with spatial_merge_size={spatial_merge_size} "
                 f"needs T*(H/{spatial_merge_size})*(W/{spatial_merge_size}) = {length}"
             )
+        block_valid = valid[start : start + length]
+        if not bool(block_valid.any()):
+            continue  # masked out: row consumed, no positions
+        if not bool(block_valid.all()):
+            raise ValueError(f"sample {sample}: {kind} block {block} (token offset {start}) is partly padding")
         expected[token_id] += length
-        blocks.append((start, length, t, h, w))
+        blocks.append((int(valid_before[start]), length, t, h, w))
     for token_id, (rows, kind) in grids.items():
-        count = int((ids == token_id).sum())
+        count = int((row[valid] == token_id).sum())
         if count != expected[token_id]:
             raise ValueError(
                 f"sample {sample}: {count} {kind} tokens in input_ids but {expected[token_id]} inside "
@@ -188,13 +198,11 @@ def get_rope_index(
     position_ids = torch.ones(3, batch, seq_len, dtype=torch.float64)
     next_positions = torch.empty(batch, 1, dtype=torch.float64)
     for b in range(batch):
-        ids = ids_cpu[b][valid[b]]
-        blocks = _find_blocks(ids, b, grids, spatial_merge_size, vision_start_token_id)
-        positions, next_position = _sample_positions(cfg, ids.numel(), blocks)
+        blocks = _find_blocks(ids_cpu[b], valid[b], b, grids, spatial_merge_size, vision_start_token_id)
+        positions, next_position = _sample_positions(cfg, int(valid[b].sum()), blocks)
         position_ids[:, b, valid[b]] = positions
         next_positions[b, 0] = next_position
-    masked_starts = ids_cpu[:, 1:][(ids_cpu[:, :-1] == vision_start_token_id) & ~valid[:, 1:]]
-    for token_id, (rows, _) in grids.items():
-        rows.check_all_used(int((masked_starts == token_id).sum()))
+    for rows, _ in grids.values():
+        rows.check_all_used()
     rope_deltas = next_positions - decode_steps_per_token * seq_len
     return position_ids.to(dtype=dtype, device=input_ids.device), rope_deltas.to(dtype=dtype, device=input_ids.device)
