@@ -35,6 +35,11 @@ from ..rope import (
 CONFIG_KEY = "videorope"
 
 
+def hooked_model_type(model_type: str) -> str:
+    """The marker config.json carries for a hooked model of stock ``model_type`` (e.g. qwen2_vl_videorope)."""
+    return f"{model_type}_{CONFIG_KEY}"
+
+
 def rope_config_of(config: Any) -> RopeConfig:
     """The ``RopeConfig`` stored in a model config's ``videorope`` block."""
     block = getattr(config, CONFIG_KEY, None)
@@ -62,12 +67,10 @@ class VideoRopeConfigMixin:
     """A config carrying a ``videorope`` block.
 
     It reports the stock ``model_type`` (e.g. ``"qwen2_vl"``) so LLaMA-Factory treats the model as the stock
-    family (template, vision tower freezing, mm plugin), but writes ``hooked_model_type`` to config.json: a
+    family (template, vision tower freezing, mm plugin), but writes ``hooked_model_type(...)`` to config.json: a
     hooked directory then cannot be loaded by stock classes (which would silently train M-RoPE) —
     transformers demands ``trust_remote_code=True`` instead.
     """
-
-    hooked_model_type: str
 
     def __post_init__(self, **kwargs):
         kwargs.pop("model_type", None)  # config.json's marker; keep reporting the class' stock model_type
@@ -77,7 +80,7 @@ class VideoRopeConfigMixin:
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
-        output["model_type"] = self.hooked_model_type
+        output["model_type"] = hooked_model_type(self.model_type)
         return output
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..rope import RopeConfig, scaled_inv_freq
 from ..data.budget import VideoBudget
-from .common import CONFIG_KEY
+from .common import CONFIG_KEY, hooked_model_type
 
 REMOTE_MODULE = "modeling_videorope"
 VIDEO_PROCESSOR_CLASS = "VideoRopeVideoProcessor"
@@ -23,10 +23,6 @@ class Family:
     model_type: str
     hook_module: str  # videorope_train.hook.<hook_module>
     prefix: str  # class-name prefix, e.g. VideoRopeQwen2VL
-
-    @property
-    def hooked_model_type(self) -> str:
-        return f"{self.model_type}_videorope"
 
     @property
     def config_class(self) -> str:
@@ -82,7 +78,7 @@ FAMILIES = {
 
 
 def family_of(config: dict, where: Path) -> Family:
-    model_type = str(config.get("model_type", "")).removesuffix("_videorope")
+    model_type = str(config.get("model_type", "")).removesuffix(hooked_model_type(""))
     if model_type not in FAMILIES:
         raise ValueError(
             f"{where}/config.json: model_type {config.get('model_type')!r} is not supported; "
@@ -163,7 +159,7 @@ def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: boo
         else:
             os.symlink(source.resolve(), target)
     config.update(
-        model_type=family.hooked_model_type,
+        model_type=hooked_model_type(family.model_type),
         architectures=[family.model_class],
         auto_map=family.auto_map(),
         **{CONFIG_KEY: rope.to_dict()},

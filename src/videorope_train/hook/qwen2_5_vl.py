@@ -8,10 +8,9 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLCo
 
 from .common import PlainRotaryAttentionMixin, VideoRopeConfigMixin, VideoRopeGenerationMixin, VideoRopeModelMixin
 
-HOOKED_MODEL_TYPE = "qwen2_5_vl_videorope"  # config.json; the loaded config still reports "qwen2_5_vl"
 
 class VideoRopeQwen2_5_VLConfig(VideoRopeConfigMixin, Qwen2_5_VLConfig):
-    hooked_model_type = HOOKED_MODEL_TYPE
+    pass
 
 
 class VideoRopeQwen2_5_VLAttention(PlainRotaryAttentionMixin, stock.Qwen2_5_VLAttention):

@@ -8,10 +8,9 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 
 from .common import PlainRotaryAttentionMixin, VideoRopeConfigMixin, VideoRopeGenerationMixin, VideoRopeModelMixin
 
-HOOKED_MODEL_TYPE = "qwen2_vl_videorope"  # what config.json says; the loaded config still reports "qwen2_vl"
 
 class VideoRopeQwen2VLConfig(VideoRopeConfigMixin, Qwen2VLConfig):
-    hooked_model_type = HOOKED_MODEL_TYPE
+    pass
 
 
 class VideoRopeQwen2VLAttention(PlainRotaryAttentionMixin, stock.Qwen2VLAttention):

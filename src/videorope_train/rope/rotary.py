@@ -17,7 +17,6 @@ def rotary_cos_sin(
     position_ids: torch.Tensor,
     inv_freq: torch.Tensor,
     axes: torch.Tensor,
-    attention_scaling: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [B, L, 2·F] from position_ids [3, B, L], inv_freq [F] and axes [F] (0/1/2).
@@ -30,8 +29,6 @@ def rotary_cos_sin(
     positions = position_ids.to(torch.float32).permute(1, 2, 0)  # [B, L, 3]
     freqs = positions.index_select(-1, axes) * inv_freq.to(torch.float32)  # [B, L, F]
     cos, sin = freqs.cos(), freqs.sin()  # trig on F columns, then duplicated: half the work of cat-then-cos
-    if attention_scaling != 1.0:
-        cos, sin = cos * attention_scaling, sin * attention_scaling
     cos, sin = cos.to(dtype), sin.to(dtype)
     return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
