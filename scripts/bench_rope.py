@@ -4,14 +4,17 @@
     python scripts/bench_rope.py [--tokens 8192 32768] [--repeats 20] [--out bench.json] [--skip-step]
 
 (a) rotary application per layer at Qwen2-VL-7B attention shapes (head_dim 128, 28 q / 4 kv heads):
-    - this project: cos/sin gathered once per forward (build timed separately), plain rotary per layer;
+    - this project: cos/sin gathered once per forward (build timed separately), plain rotary per layer --
+      eager, and on a GPU also the fused Triton kernel (what the hook picks there);
     - stock transformers M-RoPE: ``apply_multimodal_rotary_pos_emb`` (section split + cat in every layer);
     - the authors' form, re-implemented from the spec: per layer, cos/sin rebuilt by concatenating one-column
       slices (one per channel, each from its axis' row) and then applied.
     Time per layer (median) and memory: peak CUDA memory on GPU; on CPU the bytes the op allocates.
+    Each time is also given as a multiple of the bandwidth floor: a copy of q and k (read once, written once).
 (b) position-index building for a batch of long-video samples: ``rope.get_rope_index`` vs. a per-token loop.
-(c) a forward+backward training step of a small random Qwen2-VL with the hook, VideoRoPE vs. M-RoPE on the
-    same inputs (and stock, un-hooked M-RoPE for reference); the target is a ratio <= 1.01.
+(c) a forward+backward training step of a small random Qwen2-VL (default ~100M parameters, head_dim 128)
+    with the hook, VideoRoPE vs. M-RoPE on the same inputs (and stock, un-hooked M-RoPE for reference);
+    the target is a ratio <= 1.01.
 fp32 on CPU, bf16 on GPU.  Prints a table and writes JSON.
 """
 
@@ -32,13 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from videorope_train.rope import (  # noqa: E402
     RopeConfig,
-    apply_rotary,
+    apply_rotary_eager,
     frequency_axes,
     get_rope_index,
     rotary_cos_sin,
     rotate_half,
     scaled_inv_freq,
 )
+from videorope_train.rope.rotary import triton_available  # noqa: E402
+
+if triton_available():
+    from videorope_train.rope.fused_rotary import fused_apply_rotary  # noqa: E402
 
 SECTION = (16, 24, 24)
 HEAD_DIM, Q_HEADS, KV_HEADS, LAYERS = 128, 28, 4, 28
@@ -114,7 +121,13 @@ def bench_rotary(tokens, repeats, device, dtype):
     cos3, sin3 = emb.cos().to(dtype), emb.sin().to(dtype)
 
     def ours():
-        return apply_rotary(q, k, cos, sin)
+        return apply_rotary_eager(q, k, cos, sin)
+
+    def fused():
+        return fused_apply_rotary(q, k, cos, sin)
+
+    def copy_floor():  # read q and k once, write them once: what any rotary must at least move
+        return q.clone(), k.clone()
 
     def stock():
         return apply_multimodal_rotary_pos_emb(q, k, cos3, sin3, list(SECTION))
@@ -130,13 +143,24 @@ def bench_rotary(tokens, repeats, device, dtype):
     # the authors' form must give this project's result (same allocation), so the race is fair
     for got, want in zip(authors(), ours()):
         torch.testing.assert_close(got, want)
+    contenders = [("this project", ours), ("stock M-RoPE", stock), ("authors' concat", authors)]
+    skipped = {}
+    if device.type == "cuda" and triton_available():
+        for got, want in zip(fused(), ours()):
+            torch.testing.assert_close(got, want)
+        contenders.insert(1, ("this project, fused (triton)", fused))
+    else:
+        skipped["this project, fused (triton)"] = "needs a CUDA device and Triton (the CPU runs it interpreted only)"
+    contenders += [("(cos/sin build, once per forward)", build), ("(q, k copy: bandwidth floor)", copy_floor)]
     rows = {}
-    for name, fn in [("this project", ours), ("stock M-RoPE", stock), ("authors' concat", authors),
-                     ("(cos/sin build, once per forward)", build)]:
+    for name, fn in contenders:
         rows[name] = {"ms_per_layer": 1e3 * timed(fn, repeats, device), "bytes": memory(fn, device)}
-    # the floor: reading q and k once and writing them once
-    rows["bandwidth floor bytes"] = 2 * (q.numel() + k.numel()) * q.element_size()
-    return {"tokens": length, "rows": rows}
+    floor_bytes = 2 * (q.numel() + k.numel()) * q.element_size()  # q and k read once and written once
+    floor_ms = rows["(q, k copy: bandwidth floor)"]["ms_per_layer"]
+    for row in rows.values():
+        row["x floor"] = row["ms_per_layer"] / floor_ms
+    return {"tokens": length, "rows": rows, "skipped": skipped, "bandwidth floor bytes": floor_bytes,
+            "floor GB/s": floor_bytes / floor_ms / 1e6}
 
 
 def per_token_loop(cfg, tokens, grids, merge=2):
@@ -186,15 +210,16 @@ def bench_index(tokens, batch, repeats):
             "per-token loop ms": 1e3 * timed(loop, slow_repeats, torch.device("cpu"), warmup=1)}
 
 
-def bench_step(repeats, device, dtype, frames=16):
+def bench_step(repeats, device, dtype, hidden_size=1024, num_layers=12, frames=16):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from videorope_train.hook.prepare import prepare_model
     from videorope_train.tiny import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-step-"))
-    base = make_tiny_model(work / "base", hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2,
-                           mrope_section=(8, 12, 12))
+    heads = hidden_size // 128  # head_dim 128 and its (16, 24, 24) sections, as in Qwen2-VL-7B
+    base = make_tiny_model(work / "base", hidden_size=hidden_size, num_layers=num_layers, num_heads=heads,
+                           num_kv_heads=max(1, heads // 4), mrope_section=SECTION)
     models = {
         "videorope (hook)": prepare_model(base, work / "bench-videorope", RopeConfig("videorope")),
         "mrope (hook)": prepare_model(base, work / "bench-mrope", RopeConfig("mrope")),
@@ -246,6 +271,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--index-batch", type=int, default=4)
     parser.add_argument("--step-repeats", type=int, default=10)
+    parser.add_argument("--step-hidden", type=int, default=1024, help="(c) model width, a multiple of 128")
+    parser.add_argument("--step-layers", type=int, default=12, help="(c) layers (1024 x 12: ~100M parameters)")
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--out", default="bench_rope.json")
     args = parser.parse_args(argv)
@@ -262,16 +289,20 @@ def main(argv=None):
         "index": [bench_index(n, args.index_batch, args.repeats) for n in args.tokens],
     }
     if not args.skip_step:
-        report["step"] = bench_step(args.step_repeats, device, dtype)
+        if args.step_hidden % 128:
+            parser.error(f"--step-hidden {args.step_hidden}: expected a multiple of 128 (head_dim 128)")
+        report["step"] = bench_step(args.step_repeats, device, dtype, args.step_hidden, args.step_layers)
 
     print(f"device {report['device']} ({report['dtype']}, {report['threads']} threads)")
     for entry in report["rotary"]:
         print(f"\n(a) rotary per layer, {entry['tokens']} tokens, head_dim {HEAD_DIM}, {Q_HEADS}q/{KV_HEADS}kv heads")
-        floor = entry["rows"]["bandwidth floor bytes"]
         for name, row in entry["rows"].items():
-            if isinstance(row, dict):
-                print(f"  {name:36s} {row['ms_per_layer']:9.3f} ms  {row['bytes'] / 2**20:9.1f} MiB")
-        print(f"  {'(q, k read + written once)':36s} {'':9s}     {floor / 2**20:9.1f} MiB")
+            print(f"  {name:36s} {row['ms_per_layer']:9.3f} ms  {row['x floor']:6.2f}x floor  "
+                  f"{row['bytes'] / 2**20:9.1f} MiB")
+        print(f"  floor: q, k read + written once = {entry['bandwidth floor bytes'] / 2**20:.1f} MiB "
+              f"at {entry['floor GB/s']:.0f} GB/s (a copy)")
+        for name, why in entry["skipped"].items():
+            print(f"  {name:36s} skipped: {why}")
     for entry in report["index"]:
         print(f"\n(b) position ids, batch {entry['batch']} x {entry['tokens_per_sample']} tokens: "
               f"this project {entry['this project ms']:.2f} ms, per-token loop {entry['per-token loop ms']:.1f} ms "

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -12,12 +14,18 @@ def test_bench_rope_runs(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "scripts/bench_rope.py", "--tokens", "1024", "--repeats", "2", "--index-batch", "2",
-         "--step-repeats", "1", "--out", str(out)],
+         "--step-repeats", "1", "--step-hidden", "256", "--step-layers", "2", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    rows = report["rotary"][0]["rows"]
-    assert {"this project", "stock M-RoPE", "authors' concat"} <= set(rows)
+    entry = report["rotary"][0]
+    rows = entry["rows"]
+    assert {"this project", "stock M-RoPE", "authors' concat", "(q, k copy: bandwidth floor)"} <= set(rows)
+    fused = "this project, fused (triton)"
+    assert (fused in rows) == torch.cuda.is_available(), "the fused kernel is timed exactly when a GPU is present"
+    assert fused in rows or "CUDA" in entry["skipped"][fused]
+    assert rows["(q, k copy: bandwidth floor)"]["x floor"] == 1.0
+    assert entry["bandwidth floor bytes"] == 2 * (28 + 4) * entry["tokens"] * 128 * (2 if torch.cuda.is_available() else 4)
     assert report["index"][0]["this project ms"] > 0
     assert set(report["step"]["ms"]) == {"videorope (hook)", "mrope (hook)", "mrope (stock)"}

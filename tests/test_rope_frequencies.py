@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from videorope_train.rope import (
     RopeConfig,
-    apply_rotary,
+    apply_rotary_eager,
     frequency_axes,
     reference_rotary_cos_sin,
     rotary_cos_sin,
@@ -183,7 +183,7 @@ def test_apply_rotary_relative_and_dtype(dtype):
         pos = torch.tensor([[[offset + 5, offset]]]).expand(3, 1, 2)
         cos, sin = rotary_cos_sin(pos, inv_freq, axes, dtype=dtype)
         assert cos.dtype == dtype
-        qr, kr = apply_rotary(q.expand(1, 1, 2, 64).to(dtype), k.expand(1, 1, 2, 64).to(dtype), cos, sin)
+        qr, kr = apply_rotary_eager(q.expand(1, 1, 2, 64).to(dtype), k.expand(1, 1, 2, 64).to(dtype), cos, sin)
         scores.append((qr[0, 0, 0].float() @ kr[0, 0, 1].float()).item())
     tol = 1e-3 if dtype == torch.float32 else 0.3
     assert scores[1] == pytest.approx(scores[0], abs=tol) and scores[2] == pytest.approx(scores[0], abs=tol)
@@ -198,7 +198,7 @@ def test_apply_rotary_matches_reference_formula(dtype, tol, shape):
     q, k = torch.randn(*shape), torch.randn(b, max(1, h // 2), length, d)
     angles = torch.rand(b, length, d // 2) * 100
     cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
-    got_q, got_k = apply_rotary(q.to(dtype), k.to(dtype), cos.to(dtype), sin.to(dtype))
+    got_q, got_k = apply_rotary_eager(q.to(dtype), k.to(dtype), cos.to(dtype), sin.to(dtype))
 
     def reference(x):
         x, c, s = x.double(), cos.double().unsqueeze(1), sin.double().unsqueeze(1)

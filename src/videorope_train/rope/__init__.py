@@ -1,13 +1,23 @@
 """The RoPE core: position ids, frequency allocation and extrapolation of every VideoRoPE-paper variant.
 
-Pure torch (no transformers / LLaMA-Factory import), so other integrations can reuse it.
+Pure torch (no transformers / LLaMA-Factory import; Triton only for the optional fused GPU kernel), so other
+integrations can reuse it.
 """
 
 from .config import EXTRAPOLATIONS, VARIANTS, RopeConfig
 from .frequencies import AXIS_H, AXIS_T, AXIS_W, frequency_axes, scaled_inv_freq, yarn_ramp_bounds
 from .packing import sequence_local_positions
 from .positions import get_rope_index
-from .rotary import apply_rotary, reference_rotary_cos_sin, rotary_cos_sin, rotate_half
+from .rotary import (
+    ROTARY_ENV,
+    apply_rotary,
+    apply_rotary_eager,
+    reference_rotary_cos_sin,
+    rotary_cos_sin,
+    rotary_mode,
+    rotate_half,
+    uses_fused_rotary,
+)
 
 __all__ = [
     "AXIS_H",
@@ -16,13 +26,17 @@ __all__ = [
     "EXTRAPOLATIONS",
     "VARIANTS",
     "RopeConfig",
+    "ROTARY_ENV",
     "apply_rotary",
+    "apply_rotary_eager",
     "frequency_axes",
     "get_rope_index",
     "reference_rotary_cos_sin",
     "rotary_cos_sin",
+    "rotary_mode",
     "rotate_half",
     "scaled_inv_freq",
     "sequence_local_positions",
+    "uses_fused_rotary",
     "yarn_ramp_bounds",
 ]

@@ -1,0 +1,137 @@
+"""Fused rotary for GPUs: the final per-channel cos/sin applied to q and k in one Triton pass.
+
+VideoRoPE's whole frequency allocation lives in cos/sin (gathered once per forward by ``rotary_cos_sin``),
+so what every layer does is plain NeoX 1-D rotary — which Liger's M-RoPE kernel cannot express (it splits
+sections itself), but a 1-D kernel fed with the gathered cos/sin can.  One program per (batch, token) reads
+that token's cos/sin once and rotates every q head and every k head: q and k are read once and written once
+(the memory-bandwidth floor), where the eager path (``apply_rotary_eager``) passes over them ~4 times.
+Arithmetic is float32 with one rounding to the output dtype.  Backward is the same rotation by −θ.
+
+Shapes: q [B, Hq, L, D], k [B, Hk, L, D] with any strides whose last one is 1 (the transposed views the
+attention layers make); cos, sin [B or 1, L, D] in the NeoX layout ``cat(c, c)`` that ``rotary_cos_sin``
+builds — only their first half is read.  Outputs keep q's and k's strides.
+
+On CUDA the kernel is compiled by Triton; CPU tensors run the same kernel source in Triton's interpreter
+(slow: for tests and debugging only — ``apply_rotary`` never picks it for CPU by itself).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+
+POINTER_ARGS = ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr", "cos_ptr", "sin_ptr")
+
+
+def _rotary_kernel(
+    q_ptr, k_ptr, q_out_ptr, k_out_ptr, cos_ptr, sin_ptr,
+    seq_len, q_heads, k_heads, half,
+    q_sb, q_sh, q_sl, k_sb, k_sh, k_sl,
+    qo_sb, qo_sh, qo_sl, ko_sb, ko_sh, ko_sl,
+    cs_sb, cs_sl,
+    BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_D: tl.constexpr, INVERSE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # int64: B·L·H·D offsets pass 2^31 at long contexts
+    b = row // seq_len
+    t = row % seq_len
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < half
+    cos = tl.load(cos_ptr + b * cs_sb + t * cs_sl + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + b * cs_sb + t * cs_sl + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    if INVERSE:  # backward: rotate the gradient by −θ
+        sin = -sin
+
+    h = tl.arange(0, BLOCK_QH)[:, None]
+    ok = (h < q_heads) & d_ok[None, :]
+    src = q_ptr + b * q_sb + t * q_sl + h * q_sh + d[None, :]
+    dst = q_out_ptr + b * qo_sb + t * qo_sl + h * qo_sh + d[None, :]
+    x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(src + half, mask=ok, other=0.0).to(tl.float32)
+    tl.store(dst, (x1 * cos - x2 * sin).to(q_out_ptr.dtype.element_ty), mask=ok)
+    tl.store(dst + half, (x2 * cos + x1 * sin).to(q_out_ptr.dtype.element_ty), mask=ok)
+
+    h = tl.arange(0, BLOCK_KH)[:, None]
+    ok = (h < k_heads) & d_ok[None, :]
+    src = k_ptr + b * k_sb + t * k_sl + h * k_sh + d[None, :]
+    dst = k_out_ptr + b * ko_sb + t * ko_sl + h * ko_sh + d[None, :]
+    x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(src + half, mask=ok, other=0.0).to(tl.float32)
+    tl.store(dst, (x1 * cos - x2 * sin).to(k_out_ptr.dtype.element_ty), mask=ok)
+    tl.store(dst + half, (x2 * cos + x1 * sin).to(k_out_ptr.dtype.element_ty), mask=ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(interpreted: bool):
+    if interpreted:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(_rotary_kernel)
+    return triton.jit(_rotary_kernel)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _rotate(q, k, cos, sin, inverse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    q, k = _last_dim_contiguous(q), _last_dim_contiguous(k)
+    cos, sin = _last_dim_contiguous(cos), _last_dim_contiguous(sin)
+    batch, q_heads, seq_len, dim = q.shape
+    k_heads = k.shape[1]
+    q_out, k_out = torch.empty_like(q), torch.empty_like(k)  # same strides as the inputs (dense layouts)
+    if q.numel() == 0 and k.numel() == 0:
+        return q_out, k_out
+    cs_sb = cos.stride(0) if cos.shape[0] > 1 else 0  # one cos/sin row shared by the batch
+    half = dim // 2
+    _compiled(q.device.type == "cpu")[(batch * seq_len,)](
+        q, k, q_out, k_out, cos, sin,
+        seq_len, q_heads, k_heads, half,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
+        cs_sb, cos.stride(1),
+        BLOCK_QH=triton.next_power_of_2(q_heads), BLOCK_KH=triton.next_power_of_2(k_heads),
+        BLOCK_D=triton.next_power_of_2(half), INVERSE=inverse,
+    )
+    return q_out, k_out
+
+
+class _FusedRotary(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(q, k, cos, sin, inverse=False)
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k):
+        cos, sin = ctx.saved_tensors
+        grad_q, grad_k = _rotate(grad_q, grad_k, cos, sin, inverse=True)
+        return grad_q, grad_k, None, None
+
+
+def fused_apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """q [B, Hq, L, D], k [B, Hk, L, D], cos/sin [B or 1, L, D] (NeoX ``cat(c, c)``) → rotated (q, k).
+
+    Differentiable in q and k (cos/sin are position tables, never trained).
+    """
+    if q.dim() != 4 or k.dim() != 4 or cos.dim() != 3 or sin.shape != cos.shape:
+        raise ValueError(
+            f"fused rotary expects q [B, Hq, L, D], k [B, Hk, L, D], cos/sin [B, L, D]; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)}"
+        )
+    batch, _, seq_len, dim = q.shape
+    if (k.shape[0], k.shape[2], k.shape[3]) != (batch, seq_len, dim) or cos.shape[1:] != (seq_len, dim) \
+            or cos.shape[0] not in (1, batch) or dim % 2:
+        raise ValueError(
+            f"fused rotary: mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, cos {tuple(cos.shape)} "
+            "(same B, L and an even D expected)"
+        )
+    if cos.requires_grad or sin.requires_grad:
+        raise ValueError("fused rotary does not differentiate cos/sin; use apply_rotary_eager")
+    return _FusedRotary.apply(q, k, cos, sin)

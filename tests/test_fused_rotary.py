@@ -1,0 +1,161 @@
+"""The fused Triton rotary kernel against the eager formula (Liger-style: random inputs, many shapes and dtypes).
+
+Every comparison runs twice: on CPU through Triton's interpreter (the same kernel source, executed op by op)
+and on CUDA compiled (skipped, with the reason, where no GPU is present).  Then the hooked model with the
+fused path forced equals the eager one (loss and gradients), and the automatic choice is checked.
+"""
+
+import pytest
+import torch
+from conftest import load_hooked, make_inputs
+
+from videorope_train.rope import ROTARY_ENV, apply_rotary, apply_rotary_eager, rotary_mode, uses_fused_rotary
+from videorope_train.rope.fused_rotary import fused_apply_rotary
+
+NO_GPU = "no CUDA device here: the compiled Triton kernel runs only on a GPU (CPU runs it interpreted)"
+DEVICES = [
+    pytest.param("cpu", id="cpu-interpreted"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)),
+]
+# (batch, q heads, kv heads, tokens, head_dim): Qwen2-VL-7B (28/4, 128), -2B (12/2), MHA with a
+# non-power-of-two half (80 -> 40 lanes of 64), a one-token decode step, a tiny model's head
+SHAPES = [(1, 28, 4, 9, 128), (2, 12, 2, 5, 128), (2, 5, 5, 3, 80), (3, 4, 2, 1, 16), (2, 8, 1, 17, 64)]
+# fp32: products of floats rounded once either way; bf16/fp16: the kernel rounds once, eager up to three times
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def random_case(shape, dtype, device, layout, shared_cos, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    batch, q_heads, k_heads, length, dim = shape
+
+    def states(heads):
+        if layout == "attention":  # what the attention layers pass: [B, L, H, D] viewed as [B, H, L, D]
+            return torch.randn(batch, length, heads, dim, generator=generator).transpose(1, 2)
+        return torch.randn(batch, heads, length, dim, generator=generator)
+
+    angles = torch.rand(1 if shared_cos else batch, length, dim // 2, generator=generator) * 200
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    q, k = states(q_heads), states(k_heads)
+    return [t.to(device=device, dtype=dtype) for t in (q, k, cos, sin)]
+
+
+def exact(x, cos, sin):
+    """The rotation in float64 from the (already rounded) inputs: what a once-rounded result must match."""
+    x, c, s = x.double(), cos.double().unsqueeze(1), sin.double().unsqueeze(1)
+    half = x.shape[-1] // 2
+    return x * c + torch.cat((-x[..., half:], x[..., :half]), -1) * s
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout, shared_cos", [("attention", False), ("contiguous", True)])
+def test_fused_forward_matches_eager(device, dtype, shape, layout, shared_cos):
+    q, k, cos, sin = random_case(shape, dtype, device, layout, shared_cos)
+    got_q, got_k = fused_apply_rotary(q, k, cos, sin)
+    want_q, want_k = apply_rotary_eager(q, k, cos, sin)
+    tol = TOLERANCE[dtype]
+    for got, want, x in ((got_q, want_q, q), (got_k, want_k, k)):
+        assert got.dtype == dtype and got.shape == x.shape
+        assert got.stride() == x.stride(), "the output keeps the input's layout (no copy before attention)"
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        # rounded once from float32 arithmetic: within one rounding of the exact rotation
+        ulp = {torch.float32: 1e-6, torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}[dtype]
+        error = (got.double() - exact(x, cos, sin)).abs()
+        assert (error <= ulp * exact(x, cos, sin).abs() + 4 * ulp).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=str)
+def test_fused_backward_matches_eager(device, dtype, shape):
+    q, k, cos, sin = random_case(shape, dtype, device, "attention", shared_cos=False, seed=1)
+    upstream = random_case(shape, dtype, device, "attention", shared_cos=False, seed=2)[:2]
+    grads = []
+    for rotate in (fused_apply_rotary, apply_rotary_eager):
+        leaf_q, leaf_k = q.detach().requires_grad_(), k.detach().requires_grad_()
+        out_q, out_k = rotate(leaf_q, leaf_k, cos, sin)
+        ((out_q.float() * upstream[0].float()).sum() + (out_k.float() * upstream[1].float()).sum()).backward()
+        grads.append((leaf_q.grad, leaf_k.grad))
+    tol = TOLERANCE[dtype]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    # rotation is orthogonal: the gradient of <R q, g> is R^T g, i.e. rotating g by -theta
+    back_q = exact(upstream[0], cos, -sin)
+    torch.testing.assert_close(grads[0][0].double(), back_q, rtol=tol, atol=tol)
+
+
+def test_fused_rejects_bad_shapes():
+    q, k, cos, sin = random_case((2, 4, 2, 3, 16), torch.float32, "cpu", "contiguous", shared_cos=False)
+    with pytest.raises(ValueError, match="mismatched shapes"):
+        fused_apply_rotary(q, k[:, :, :2], cos, sin)
+    with pytest.raises(ValueError, match=r"expects q \[B, Hq, L, D\]"):
+        fused_apply_rotary(q[0], k, cos, sin)
+    with pytest.raises(ValueError, match="does not differentiate cos/sin"):
+        fused_apply_rotary(q, k, cos.requires_grad_(), sin)
+
+
+def test_automatic_choice(monkeypatch):
+    q = torch.zeros(1, 2, 3, 8)
+    cos = torch.zeros(1, 3, 8)
+    monkeypatch.delenv(ROTARY_ENV, raising=False)
+    assert rotary_mode() == "auto" and not uses_fused_rotary(q, cos)  # CPU: eager
+    monkeypatch.setenv(ROTARY_ENV, "fused")
+    assert uses_fused_rotary(q, cos)
+    monkeypatch.setenv(ROTARY_ENV, "eager")
+    assert not uses_fused_rotary(q, cos)
+    monkeypatch.setenv(ROTARY_ENV, "triton")
+    with pytest.raises(ValueError, match="VIDEOROPE_ROTARY='triton': expected one of auto, eager, fused"):
+        apply_rotary(q, q, cos, cos)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_automatic_choice_on_gpu(monkeypatch):
+    monkeypatch.delenv(ROTARY_ENV, raising=False)
+    q, k, cos, sin = random_case(SHAPES[0], torch.bfloat16, "cuda", "attention", shared_cos=False)
+    assert uses_fused_rotary(q, cos)
+    torch.testing.assert_close(apply_rotary(q, k, cos, sin)[0], fused_apply_rotary(q, k, cos, sin)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hooked_model_fused_equals_eager(hooked_dir, monkeypatch, device):
+    """The whole hooked model (VideoRoPE, a video + text batch) trains the same through either rotary path."""
+    path = hooked_dir("videorope")
+    inputs = make_inputs(path, [("video", "What happens in the video?"), ("text", "Hi")])
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    results = {}
+    for mode in ("fused", "eager"):
+        monkeypatch.setenv(ROTARY_ENV, mode)
+        torch.manual_seed(0)
+        model = load_hooked(path).to(device).train()
+        labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        layer = model.model.language_model.layers[0].self_attn
+        results[mode] = (loss.detach(), layer.q_proj.weight.grad.clone(), layer.k_proj.weight.grad.clone())
+    for got, want in zip(results["fused"], results["eager"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", [80, 90], ids=["sm80-A100", "sm90-H100"])
+@pytest.mark.parametrize("pointer", ["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "backward"])
+def test_kernel_compiles_for_gpus(arch, pointer, inverse):
+    """Triton lowers the kernel to a cubin for A100/H100 here, without a GPU (ahead-of-time compilation):
+    the compiled path type-checks and lowers, not only the interpreted one."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from videorope_train.rope.fused_rotary import POINTER_ARGS, _compiled
+
+    kernel = _compiled(False)
+    constexprs = {"BLOCK_QH": 32, "BLOCK_KH": 4, "BLOCK_D": 64, "INVERSE": inverse}
+    signature = {
+        name: f"*{pointer}" if name in POINTER_ARGS else "constexpr" if name in constexprs else "i32"
+        for name in kernel.arg_names
+    }
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+    assert compiled.asm["cubin"] and f".target sm_{arch}" in compiled.asm["ptx"]
