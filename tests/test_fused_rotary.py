@@ -1,22 +1,37 @@
 """The fused Triton rotary kernel against the eager formula (Liger-style: random inputs, many shapes and dtypes).
 
-Every comparison runs twice: on CPU through Triton's interpreter (the same kernel source, executed op by op)
-and on CUDA compiled (skipped, with the reason, where no GPU is present).  Then the hooked model with the
-fused path forced equals the eager one (loss and gradients), and the automatic choice is checked.
+Every comparison runs twice: compiled on CUDA (skipped, with the reason, where no GPU is present) and on CPU
+through Triton's interpreter (the same kernel source, executed op by op).  The interpreter patches
+``triton.language`` for its whole process, so ``test_kernel_interpreted_on_cpu`` re-runs this file's
+``cpu-interpreted`` cases in a child process with ``TRITON_INTERPRET=1``.  Then the hooked model with the fused
+path forced equals the eager one (loss and gradients), the automatic choice is checked, and Triton compiles
+the kernel for A100/H100 ahead of time, here, without a GPU.
 """
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import load_hooked, make_inputs
 
 from videorope_train.rope import ROTARY_ENV, apply_rotary, apply_rotary_eager, rotary_mode, uses_fused_rotary
-from videorope_train.rope.fused_rotary import fused_apply_rotary
 
+pytest.importorskip("triton", reason="Triton ships with torch's Linux wheels; the fused kernel needs it")
+from videorope_train.rope.fused_rotary import fused_apply_rotary  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 NO_GPU = "no CUDA device here: the compiled Triton kernel runs only on a GPU (CPU runs it interpreted)"
 DEVICES = [
-    pytest.param("cpu", id="cpu-interpreted"),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)),
+    pytest.param("cpu", id="cpu-interpreted", marks=pytest.mark.skipif(
+        not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process of test_kernel_interpreted_on_cpu")),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
+        INTERPRETED or not torch.cuda.is_available(), reason=NO_GPU)),
 ]
+COMPILED_ONLY = pytest.mark.skipif(INTERPRETED, reason="compiles the kernel: not in the interpreted process")
 # (batch, q heads, kv heads, tokens, head_dim): Qwen2-VL-7B (28/4, 128), -2B (12/2), MHA with a
 # non-power-of-two half (80 -> 40 lanes of 64), a one-token decode step, a tiny model's head
 SHAPES = [(1, 28, 4, 9, 128), (2, 12, 2, 5, 128), (2, 5, 5, 3, 80), (3, 4, 2, 1, 16), (2, 8, 1, 17, 64)]
@@ -46,6 +61,25 @@ def exact(x, cos, sin):
     return x * c + torch.cat((-x[..., half:], x[..., :half]), -1) * s
 
 
+UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+
+
+def rounding_units(device, dtype):
+    """Units of roundoff the final cast may cost: compiled Triton (and torch) round to nearest; Triton 3.4's
+    interpreter truncates float32 -> bf16 (round toward zero: up to one whole ulp) -- an interpreter artefact."""
+    return 2 if device == "cpu" and dtype == torch.bfloat16 else 1
+
+
+def assert_rounded_once(got, x, cos, sin, device):
+    """got == the exact rotation of x, rounded once: float32 arithmetic, then one cast to x's dtype."""
+    want = exact(x, cos, sin)
+    half = x.shape[-1] // 2
+    pair = x.double().abs()
+    pair = torch.cat([pair[..., :half] + pair[..., half:]] * 2, -1)  # |x1| + |x2| of each rotated pair
+    bound = rounding_units(device, x.dtype) * UNIT_ROUNDOFF[x.dtype] * want.abs() + 4 * 2.0 ** -24 * pair
+    assert ((got.double() - want).abs() <= bound).all()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -59,10 +93,7 @@ def test_fused_forward_matches_eager(device, dtype, shape, layout, shared_cos):
         assert got.dtype == dtype and got.shape == x.shape
         assert got.stride() == x.stride(), "the output keeps the input's layout (no copy before attention)"
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
-        # rounded once from float32 arithmetic: within one rounding of the exact rotation
-        ulp = {torch.float32: 1e-6, torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}[dtype]
-        error = (got.double() - exact(x, cos, sin)).abs()
-        assert (error <= ulp * exact(x, cos, sin).abs() + 4 * ulp).all()
+        assert_rounded_once(got, x, cos, sin, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -85,6 +116,21 @@ def test_fused_backward_matches_eager(device, dtype, shape):
     torch.testing.assert_close(grads[0][0].double(), back_q, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_mixed_precision_and_empty(device):
+    """Under autocast q/k are bf16 while cos/sin are float32: the result is the float32 rotation rounded to bf16.
+    A zero-length sequence passes through."""
+    q, k, cos, sin = random_case(SHAPES[1], torch.float32, device, "attention", shared_cos=False)
+    got_q, got_k = fused_apply_rotary(q.bfloat16(), k.bfloat16(), cos, sin)
+    want_q, want_k = apply_rotary_eager(q.bfloat16().float(), k.bfloat16().float(), cos, sin)
+    assert got_q.dtype == got_k.dtype == torch.bfloat16
+    ulps = rounding_units(device, torch.bfloat16) - 1  # exact on GPU; the interpreter truncates (<= 1 ulp)
+    for got, want in ((got_q, want_q), (got_k, want_k)):
+        torch.testing.assert_close(got.float(), want.bfloat16().float(), rtol=ulps * 2.0 ** -7, atol=0)
+        empty_q, empty_k = fused_apply_rotary(q[:, :, :0], k[:, :, :0], cos[:, :0], sin[:, :0])
+    assert empty_q.shape == (2, 12, 0, 128) and empty_k.shape == (2, 2, 0, 128)
+
+
 def test_fused_rejects_bad_shapes():
     q, k, cos, sin = random_case((2, 4, 2, 3, 16), torch.float32, "cpu", "contiguous", shared_cos=False)
     with pytest.raises(ValueError, match="mismatched shapes"):
@@ -100,6 +146,9 @@ def test_automatic_choice(monkeypatch):
     cos = torch.zeros(1, 3, 8)
     monkeypatch.delenv(ROTARY_ENV, raising=False)
     assert rotary_mode() == "auto" and not uses_fused_rotary(q, cos)  # CPU: eager
+    if not INTERPRETED:
+        with pytest.raises(ValueError, match="on CPU only under Triton's interpreter"):
+            fused_apply_rotary(q, q, cos, cos)
     monkeypatch.setenv(ROTARY_ENV, "fused")
     assert uses_fused_rotary(q, cos)
     monkeypatch.setenv(ROTARY_ENV, "eager")
@@ -109,7 +158,7 @@ def test_automatic_choice(monkeypatch):
         apply_rotary(q, q, cos, cos)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason=NO_GPU)
 def test_automatic_choice_on_gpu(monkeypatch):
     monkeypatch.delenv(ROTARY_ENV, raising=False)
     q, k, cos, sin = random_case(SHAPES[0], torch.bfloat16, "cuda", "attention", shared_cos=False)
@@ -137,6 +186,22 @@ def test_hooked_model_fused_equals_eager(hooked_dir, monkeypatch, device):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@COMPILED_ONLY
+def test_kernel_interpreted_on_cpu():
+    """This file's cpu-interpreted cases, in a child process where Triton interprets (see the module docstring)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpu-interpreted or choice",
+         __file__],
+        cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, TRITON_INTERPRET="1"),
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    passed = int(re.search(r"(\d+) passed", result.stdout).group(1))
+    expected = 2 * len(SHAPES) * 3 + 3 * 2 + 1 + 1 + 1  # forward, backward, mixed, hooked model, choice
+    assert passed == expected, result.stdout[-3000:]
+
+
+@COMPILED_ONLY
 @pytest.mark.parametrize("arch", [80, 90], ids=["sm80-A100", "sm90-H100"])
 @pytest.mark.parametrize("pointer", ["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("inverse", [False, True], ids=["forward", "backward"])
@@ -147,9 +212,8 @@ def test_kernel_compiles_for_gpus(arch, pointer, inverse):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from videorope_train.rope.fused_rotary import POINTER_ARGS, _compiled
-
-    kernel = _compiled(False)
+    from videorope_train.rope.fused_rotary import POINTER_ARGS
+    from videorope_train.rope.fused_rotary import _rotary_kernel as kernel
     constexprs = {"BLOCK_QH": 32, "BLOCK_KH": 4, "BLOCK_D": 64, "INVERSE": inverse}
     signature = {
         name: f"*{pointer}" if name in POINTER_ARGS else "constexpr" if name in constexprs else "i32"

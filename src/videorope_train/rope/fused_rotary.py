@@ -9,15 +9,16 @@ Arithmetic is float32 with one rounding to the output dtype.  Backward is the sa
 
 Shapes: q [B, Hq, L, D], k [B, Hk, L, D] with any strides whose last one is 1 (the transposed views the
 attention layers make); cos, sin [B or 1, L, D] in the NeoX layout ``cat(c, c)`` that ``rotary_cos_sin``
-builds — only their first half is read.  Outputs keep q's and k's strides.
+builds — only their first half is read.  Outputs keep q's and k's dtypes and strides (under autocast cos/sin
+may be float32 while q and k are bf16: the result stays bf16, as flash-attention wants it).
 
-On CUDA the kernel is compiled by Triton; CPU tensors run the same kernel source in Triton's interpreter
-(slow: for tests and debugging only — ``apply_rotary`` never picks it for CPU by itself).
+On CUDA the kernel is compiled by Triton.  With ``TRITON_INTERPRET=1`` set before import, Triton's
+interpreter runs the same kernel source on CPU tensors (slow: for tests and debugging only; the interpreter
+patches ``triton.language`` for the whole process, so one process either interprets or compiles).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Tuple
 
 import torch
@@ -28,6 +29,7 @@ import triton.language as tl
 POINTER_ARGS = ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr", "cos_ptr", "sin_ptr")
 
 
+@triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, q_out_ptr, k_out_ptr, cos_ptr, sin_ptr,
     seq_len, q_heads, k_heads, half,
@@ -65,15 +67,6 @@ def _rotary_kernel(
     tl.store(dst + half, (x2 * cos + x1 * sin).to(k_out_ptr.dtype.element_ty), mask=ok)
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(interpreted: bool):
-    if interpreted:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(_rotary_kernel)
-    return triton.jit(_rotary_kernel)
-
-
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -84,11 +77,11 @@ def _rotate(q, k, cos, sin, inverse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     batch, q_heads, seq_len, dim = q.shape
     k_heads = k.shape[1]
     q_out, k_out = torch.empty_like(q), torch.empty_like(k)  # same strides as the inputs (dense layouts)
-    if q.numel() == 0 and k.numel() == 0:
+    if batch * seq_len == 0:
         return q_out, k_out
     cs_sb = cos.stride(0) if cos.shape[0] > 1 else 0  # one cos/sin row shared by the batch
     half = dim // 2
-    _compiled(q.device.type == "cpu")[(batch * seq_len,)](
+    _rotary_kernel[(batch * seq_len,)](
         q, k, q_out, k_out, cos, sin,
         seq_len, q_heads, k_heads, half,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -134,4 +127,9 @@ def fused_apply_rotary(
         )
     if cos.requires_grad or sin.requires_grad:
         raise ValueError("fused rotary does not differentiate cos/sin; use apply_rotary_eager")
+    if not q.is_cuda and not triton.knobs.runtime.interpret:
+        raise ValueError(
+            f"fused rotary runs on CUDA tensors (got {q.device}); on CPU only under Triton's interpreter "
+            "(TRITON_INTERPRET=1 set before import, for tests)"
+        )
     return _FusedRotary.apply(q, k, cos, sin)

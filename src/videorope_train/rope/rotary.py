@@ -4,7 +4,7 @@
 (``frequency_axes``) in one ``index_select``; every attention layer then applies ordinary NeoX rotary
 with ``apply_rotary``: the fused Triton kernel (``fused_rotary.py``) for CUDA tensors when Triton is
 importable, else ``apply_rotary_eager``.  ``VIDEOROPE_ROTARY=eager|fused`` overrides the choice (``fused`` on
-CPU runs the kernel in Triton's interpreter: tests only).  ``reference_rotary_cos_sin`` is the slow
+CPU works only under Triton's interpreter, ``TRITON_INTERPRET=1``: tests only).  ``reference_rotary_cos_sin`` is the slow
 per-frequency formulation, kept beside it for the tests (the authors' code concatenates one-column slices
 per layer like it).
 """
