@@ -5,16 +5,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_bench_rope_runs(tmp_path):
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])  # bfloat16: the GPU default's tolerances, on CPU
+def test_bench_rope_runs(tmp_path, dtype):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "scripts/bench_rope.py", "--tokens", "1024", "--repeats", "2", "--index-batch", "2",
-         "--step-repeats", "1", "--step-hidden", "256", "--step-layers", "2", "--out", str(out)],
+         "--step-repeats", "1", "--step-hidden", "256", "--step-layers", "2", "--dtype", dtype, "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -26,6 +28,7 @@ def test_bench_rope_runs(tmp_path):
     assert (fused in rows) == torch.cuda.is_available(), "the fused kernel is timed exactly when a GPU is present"
     assert fused in rows or "CUDA" in entry["skipped"][fused]
     assert rows["(q, k copy: bandwidth floor)"]["x floor"] == 1.0
-    assert entry["bandwidth floor bytes"] == 2 * (28 + 4) * entry["tokens"] * 128 * (2 if torch.cuda.is_available() else 4)
+    element_bytes = 2 if dtype == "bfloat16" or torch.cuda.is_available() else 4
+    assert entry["bandwidth floor bytes"] == 2 * (28 + 4) * entry["tokens"] * 128 * element_bytes
     assert report["index"][0]["this project ms"] > 0
     assert set(report["step"]["ms"]) == {"videorope (hook)", "mrope (hook)", "mrope (stock)"}
