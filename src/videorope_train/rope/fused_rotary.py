@@ -30,6 +30,18 @@ POINTER_ARGS = ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr", "cos_ptr", "sin_ptr"
 
 
 @triton.jit
+def _rotate_heads(src, dst, src_sh, dst_sh, heads, half, cos, sin, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotate the [heads, 2·half] rows of one token at ``src`` into ``dst`` (NeoX halves x1 | x2)."""
+    h = tl.arange(0, BLOCK_H)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    ok = (h < heads) & (d < half)
+    x1 = tl.load(src + h * src_sh + d, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(src + h * src_sh + d + half, mask=ok, other=0.0).to(tl.float32)
+    tl.store(dst + h * dst_sh + d, (x1 * cos - x2 * sin).to(dst.dtype.element_ty), mask=ok)
+    tl.store(dst + h * dst_sh + d + half, (x2 * cos + x1 * sin).to(dst.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, q_out_ptr, k_out_ptr, cos_ptr, sin_ptr,
     seq_len, q_heads, k_heads, half,
@@ -42,29 +54,14 @@ def _rotary_kernel(
     b = row // seq_len
     t = row % seq_len
     d = tl.arange(0, BLOCK_D)
-    d_ok = d < half
-    cos = tl.load(cos_ptr + b * cs_sb + t * cs_sl + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
-    sin = tl.load(sin_ptr + b * cs_sb + t * cs_sl + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    cos = tl.load(cos_ptr + b * cs_sb + t * cs_sl + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + b * cs_sb + t * cs_sl + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
     if INVERSE:  # backward: rotate the gradient by −θ
         sin = -sin
-
-    h = tl.arange(0, BLOCK_QH)[:, None]
-    ok = (h < q_heads) & d_ok[None, :]
-    src = q_ptr + b * q_sb + t * q_sl + h * q_sh + d[None, :]
-    dst = q_out_ptr + b * qo_sb + t * qo_sl + h * qo_sh + d[None, :]
-    x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)
-    x2 = tl.load(src + half, mask=ok, other=0.0).to(tl.float32)
-    tl.store(dst, (x1 * cos - x2 * sin).to(q_out_ptr.dtype.element_ty), mask=ok)
-    tl.store(dst + half, (x2 * cos + x1 * sin).to(q_out_ptr.dtype.element_ty), mask=ok)
-
-    h = tl.arange(0, BLOCK_KH)[:, None]
-    ok = (h < k_heads) & d_ok[None, :]
-    src = k_ptr + b * k_sb + t * k_sl + h * k_sh + d[None, :]
-    dst = k_out_ptr + b * ko_sb + t * ko_sl + h * ko_sh + d[None, :]
-    x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)
-    x2 = tl.load(src + half, mask=ok, other=0.0).to(tl.float32)
-    tl.store(dst, (x1 * cos - x2 * sin).to(k_out_ptr.dtype.element_ty), mask=ok)
-    tl.store(dst + half, (x2 * cos + x1 * sin).to(k_out_ptr.dtype.element_ty), mask=ok)
+    _rotate_heads(q_ptr + b * q_sb + t * q_sl, q_out_ptr + b * qo_sb + t * qo_sl, q_sh, qo_sh, q_heads, half,
+                  cos, sin, BLOCK_QH, BLOCK_D)
+    _rotate_heads(k_ptr + b * k_sb + t * k_sl, k_out_ptr + b * ko_sb + t * ko_sl, k_sh, ko_sh, k_heads, half,
+                  cos, sin, BLOCK_KH, BLOCK_D)
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
