@@ -42,7 +42,7 @@ from videorope_train.rope import (  # noqa: E402
     rotate_half,
     scaled_inv_freq,
 )
-from videorope_train.rope.rotary import triton_available  # noqa: E402
+from videorope_train.rope.rotary import fused_rotary_works, triton_available  # noqa: E402
 
 if triton_available():
     from videorope_train.rope.fused_rotary import fused_apply_rotary  # noqa: E402
@@ -111,8 +111,9 @@ def bench_rotary(tokens, repeats, device, dtype):
     length = positions.shape[-1]
     inv_freq = scaled_inv_freq(cfg, HEAD_DIM, 1e6, SECTION).to(device)
     axes = frequency_axes(cfg, SECTION).to(device)
-    q = torch.randn(1, Q_HEADS, length, HEAD_DIM, device=device, dtype=dtype)
-    k = torch.randn(1, KV_HEADS, length, HEAD_DIM, device=device, dtype=dtype)
+    # the layout the attention layers pass: projections [B, L, H, D] viewed as [B, H, L, D]
+    q = torch.randn(1, length, Q_HEADS, HEAD_DIM, device=device, dtype=dtype).transpose(1, 2)
+    k = torch.randn(1, length, KV_HEADS, HEAD_DIM, device=device, dtype=dtype).transpose(1, 2)
 
     cos, sin = rotary_cos_sin(positions, inv_freq, axes, dtype=dtype)
     # stock M-RoPE's per-row cos/sin [3, B, L, D] (its rotary module's output)
@@ -146,12 +147,12 @@ def bench_rotary(tokens, repeats, device, dtype):
         torch.testing.assert_close(got, want, **tol)
     contenders = [("this project", ours), ("stock M-RoPE", stock), ("authors' concat", authors)]
     skipped = {}
-    if device.type == "cuda" and triton_available():
+    if device.type == "cuda" and triton_available() and fused_rotary_works(device):
         for got, want in zip(fused(), ours()):
             torch.testing.assert_close(got, want, **tol)
         contenders.insert(1, ("this project, fused (triton)", fused))
     else:
-        skipped["this project, fused (triton)"] = "needs a CUDA device and Triton (the CPU runs it interpreted only)"
+        skipped["this project, fused (triton)"] = "needs a CUDA device on which Triton compiles it"
     contenders += [("(cos/sin build, once per forward)", build), ("(q, k copy: bandwidth floor)", copy_floor)]
     rows = {}
     for name, fn in contenders:
@@ -211,13 +212,13 @@ def bench_index(tokens, batch, repeats):
             "per-token loop ms": 1e3 * timed(loop, slow_repeats, torch.device("cpu"), warmup=1)}
 
 
-def bench_step(repeats, device, dtype, hidden_size=1024, num_layers=12, frames=16):
+def step_models(work: Path, device, dtype, hidden_size, num_layers, frames):
+    """A random Qwen2-VL hooked with VideoRoPE, hooked with M-RoPE and stock, loaded; one video prompt."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from videorope_train.hook.prepare import prepare_model
     from videorope_train.tiny import make_tiny_model
 
-    work = Path(tempfile.mkdtemp(prefix="bench-step-"))
     heads = hidden_size // 128  # head_dim 128 and its (16, 24, 24) sections, as in Qwen2-VL-7B
     base = make_tiny_model(work / "base", hidden_size=hidden_size, num_layers=num_layers, num_heads=heads,
                            num_kv_heads=max(1, heads // 4), mrope_section=SECTION)
@@ -240,6 +241,12 @@ def bench_step(repeats, device, dtype, hidden_size=1024, num_layers=12, frames=1
         kwargs = {"trust_remote_code": True} if "hook" in name else {}
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **kwargs)
         loaded[name] = model.to(device).train()
+    return loaded, inputs
+
+
+def bench_step(repeats, device, dtype, hidden_size=1024, num_layers=12, frames=16):
+    with tempfile.TemporaryDirectory(prefix="bench-step-") as work:  # the weights live in memory from here on
+        loaded, inputs = step_models(Path(work), device, dtype, hidden_size, num_layers, frames)
 
     def step(model):
         def run():

@@ -19,6 +19,8 @@ patches ``triton.language`` for the whole process, so one process either interpr
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Tuple
 
 import torch
@@ -27,12 +29,13 @@ import triton.language as tl
 
 
 POINTER_ARGS = ("q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr", "cos_ptr", "sin_ptr")
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "yes", "on", "y")  # as Triton reads it
 
 
 @triton.jit
 def _rotate_heads(src, dst, src_sh, dst_sh, heads, half, cos, sin, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rotate the [heads, 2·half] rows of one token at ``src`` into ``dst`` (NeoX halves x1 | x2)."""
-    h = tl.arange(0, BLOCK_H)[:, None]
+    h = tl.arange(0, BLOCK_H).to(tl.int64)[:, None]  # int64: head strides of [B, H, L, D] gradients are H·L·D-ish
     d = tl.arange(0, BLOCK_D)[None, :]
     ok = (h < heads) & (d < half)
     x1 = tl.load(src + h * src_sh + d, mask=ok, other=0.0).to(tl.float32)
@@ -47,15 +50,15 @@ def _rotary_kernel(
     seq_len, q_heads, k_heads, half,
     q_sb, q_sh, q_sl, k_sb, k_sh, k_sl,
     qo_sb, qo_sh, qo_sl, ko_sb, ko_sh, ko_sl,
-    cs_sb, cs_sl,
+    cos_sb, cos_sl, sin_sb, sin_sl,
     BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_D: tl.constexpr, INVERSE: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # int64: B·L·H·D offsets pass 2^31 at long contexts
+    row = tl.program_id(0).to(tl.int64)  # int64 offsets: B·L·H·D passes 2^31 at long contexts
     b = row // seq_len
     t = row % seq_len
     d = tl.arange(0, BLOCK_D)
-    cos = tl.load(cos_ptr + b * cs_sb + t * cs_sl + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
-    sin = tl.load(sin_ptr + b * cs_sb + t * cs_sl + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    cos = tl.load(cos_ptr + b * cos_sb + t * cos_sl + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + b * sin_sb + t * sin_sl + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
     if INVERSE:  # backward: rotate the gradient by −θ
         sin = -sin
     _rotate_heads(q_ptr + b * q_sb + t * q_sl, q_out_ptr + b * qo_sb + t * qo_sl, q_sh, qo_sh, q_heads, half,
@@ -76,17 +79,21 @@ def _rotate(q, k, cos, sin, inverse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     q_out, k_out = torch.empty_like(q), torch.empty_like(k)  # same strides as the inputs (dense layouts)
     if batch * seq_len == 0:
         return q_out, k_out
-    cs_sb = cos.stride(0) if cos.shape[0] > 1 else 0  # one cos/sin row shared by the batch
-    half = dim // 2
-    _rotary_kernel[(batch * seq_len,)](
-        q, k, q_out, k_out, cos, sin,
-        seq_len, q_heads, k_heads, half,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
-        cs_sb, cos.stride(1),
-        BLOCK_QH=triton.next_power_of_2(q_heads), BLOCK_KH=triton.next_power_of_2(k_heads),
-        BLOCK_D=triton.next_power_of_2(half), INVERSE=inverse,
-    )
+
+    def batch_stride(table):  # one cos/sin row shared by the batch
+        return table.stride(0) if table.shape[0] > 1 else 0
+
+    # Triton launches on the *current* CUDA device: make it q's (layers spread over GPUs, device_map="auto")
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _rotary_kernel[(batch * seq_len,)](
+            q, k, q_out, k_out, cos, sin,
+            seq_len, q_heads, k_heads, dim // 2,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
+            batch_stride(cos), cos.stride(1), batch_stride(sin), sin.stride(1),
+            BLOCK_QH=triton.next_power_of_2(max(q_heads, 1)), BLOCK_KH=triton.next_power_of_2(max(k_heads, 1)),
+            BLOCK_D=triton.next_power_of_2(dim // 2), INVERSE=inverse,
+        )
     return q_out, k_out
 
 
@@ -94,11 +101,18 @@ class _FusedRotary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, cos, sin):
         ctx.save_for_backward(cos, sin)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None instead of rotated zeros
         return _rotate(q, k, cos, sin, inverse=False)
 
     @staticmethod
     def backward(ctx, grad_q, grad_k):
         cos, sin = ctx.saved_tensors
+        if grad_q is None or grad_k is None:  # one output unused: rotate the other alone (zero heads of the first)
+            present = grad_q if grad_q is not None else grad_k
+            if present is None:
+                return None, None, None, None
+            rotated = _rotate(present, present[:, :0], cos, sin, inverse=True)[0]
+            return (rotated, None, None, None) if grad_q is not None else (None, rotated, None, None)
         grad_q, grad_k = _rotate(grad_q, grad_k, cos, sin, inverse=True)
         return grad_q, grad_k, None, None
 
@@ -124,7 +138,7 @@ def fused_apply_rotary(
         )
     if cos.requires_grad or sin.requires_grad:
         raise ValueError("fused rotary does not differentiate cos/sin; use apply_rotary_eager")
-    if not q.is_cuda and not triton.knobs.runtime.interpret:
+    if not q.is_cuda and not INTERPRETED:
         raise ValueError(
             f"fused rotary runs on CUDA tensors (got {q.device}); on CPU only under Triton's interpreter "
             "(TRITON_INTERPRET=1 set before import, for tests)"

@@ -2,11 +2,11 @@
 
 ``rotary_cos_sin`` gathers, for every rotary frequency n, the position row its axis selects
 (``frequency_axes``) in one ``index_select``; every attention layer then applies ordinary NeoX rotary
-with ``apply_rotary``: the fused Triton kernel (``fused_rotary.py``) for CUDA tensors when Triton is
-importable, else ``apply_rotary_eager``.  ``VIDEOROPE_ROTARY=eager|fused`` overrides the choice (``fused`` on
-CPU works only under Triton's interpreter, ``TRITON_INTERPRET=1``: tests only).  ``reference_rotary_cos_sin`` is the slow
-per-frequency formulation, kept beside it for the tests (the authors' code concatenates one-column slices
-per layer like it).
+with ``apply_rotary``: the fused Triton kernel (``fused_rotary.py``) for CUDA tensors where Triton compiles
+and runs it (checked once per device), else ``apply_rotary_eager``.  ``VIDEOROPE_ROTARY=eager|fused``
+overrides the choice (``fused`` on CPU works only under Triton's interpreter, ``TRITON_INTERPRET=1``: tests).
+``reference_rotary_cos_sin`` is the slow per-frequency formulation, kept beside it for the tests (the
+authors' code concatenates one-column slices per layer like it).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 from typing import Tuple
 
 import torch
@@ -74,6 +75,31 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.lru_cache(maxsize=None)
+def fused_rotary_works(device: torch.device) -> bool:
+    """Once per device: compile and run the kernel forward and backward on a small case and compare it with the
+    eager formula.  A node without a C compiler / Python headers (Triton builds its launcher), a read-only
+    Triton cache or an unsupported GPU then falls back to eager with a warning instead of failing mid-step."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad():  # the first call may come from generate()
+            from .fused_rotary import fused_apply_rotary
+
+            generator = torch.Generator().manual_seed(0)
+            q, k = (torch.randn(2, heads, 3, 16, generator=generator).to(device).requires_grad_() for heads in (4, 2))
+            angles = torch.rand(1, 3, 8, generator=generator).to(device) * 100
+            cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+            got = fused_apply_rotary(q, k, cos, sin)
+            grads = torch.autograd.grad(got[0].sum() + got[1].sum(), (q, k))
+            want = apply_rotary_eager(q, k, cos, sin)
+            want_grads = torch.autograd.grad(want[0].sum() + want[1].sum(), (q, k))
+            for a, b in zip(got + grads, want + want_grads):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    except Exception as error:  # noqa: BLE001 -- any failure here means: do not use the kernel on this device
+        warnings.warn(f"fused rotary unusable on {device} ({type(error).__name__}: {error}); using the eager path")
+        return False
+    return True
+
+
 def rotary_mode() -> str:
     mode = os.environ.get(ROTARY_ENV, "auto")
     if mode not in ROTARY_MODES:
@@ -88,7 +114,8 @@ def uses_fused_rotary(q: torch.Tensor, cos: torch.Tensor) -> bool:
         if not triton_available():
             raise ImportError(f"{ROTARY_ENV}=fused needs Triton (ships with torch's CUDA wheels on Linux)")
         return True
-    return mode == "auto" and q.is_cuda and triton_available() and not cos.requires_grad
+    return mode == "auto" and q.is_cuda and not cos.requires_grad and triton_available() \
+        and fused_rotary_works(q.device)
 
 
 def apply_rotary(
@@ -96,7 +123,8 @@ def apply_rotary(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """q [B, Hq, L, D], k [B, Hk, L, D], cos/sin [B, L, D] (NeoX ``cat(c, c)``) → rotated (q, k).
 
-    The fused kernel on CUDA when available, else the eager formula; both agree to rounding.
+    The fused kernel on CUDA when available, else the eager formula; both agree to rounding.  The kernel reads
+    only the first half of cos/sin: both halves must be equal, as ``rotary_cos_sin`` builds them.
     """
     if uses_fused_rotary(q, cos):
         from .fused_rotary import fused_apply_rotary
