@@ -9,6 +9,29 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")  # test-only start-up for subprocesses
+
+
+@pytest.fixture(scope="session")
+def flash_attn_cpu():
+    """The flash_attn stand-in (tests/site), accepted by transformers on CPU in this process; returns the module."""
+    import sys
+
+    sys.path.insert(0, SITE)
+    import flash_attn_cpu_device
+
+    flash_attn_cpu_device.install()
+    import flash_attn
+
+    return flash_attn
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     from videorope_train.tiny import make_tiny_model

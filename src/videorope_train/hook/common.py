@@ -8,7 +8,9 @@ modules that touch transformers' model internals.  What changes against the stoc
 - rotary: ``language_model.rotary_emb`` gathers the per-channel cos/sin [B, L, head_dim] once per forward,
   and every attention layer applies plain 1-D rotary (no per-layer section split);
 - packing: a 4-row ``[text; t; h; w]`` position tensor gets a sequence-local text row, so VideoRoPE's
-  jumps are never read as sequence boundaries.
+  jumps are never read as sequence boundaries; with flash attention and no padding mask, the varlen boundaries
+  (cu_seqlens, longest sequence) are computed from it once per forward and handed to every layer;
+- flash attention: release-specific fixes from ``compat.py`` reach every attention call, vision tower included.
 
 Nothing global is patched: two models with different variants can live in one process.
 """
@@ -21,6 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import is_flash_attention_requested
 
 from ..rope import (
     RopeConfig,
@@ -30,7 +33,9 @@ from ..rope import (
     rotary_cos_sin,
     scaled_inv_freq,
     sequence_local_positions,
+    varlen_boundaries,
 )
+from .compat import attention_call_kwargs
 
 CONFIG_KEY = "videorope"
 
@@ -162,6 +167,8 @@ class PlainRotaryAttentionMixin:
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, type(self).eager_attention_forward
         )
+        if "cu_seq_lens_q" in kwargs:  # varlen boundaries from the model: flash-attn need not re-derive them per layer
+            position_ids = None
         attn_output, attn_weights = attention_interface(
             self,
             query_states,
@@ -173,6 +180,7 @@ class PlainRotaryAttentionMixin:
             sliding_window=self.sliding_window,
             position_ids=position_ids,  # the sequence-local text row, for FA2 varlen
             **kwargs,
+            **attention_call_kwargs(self.config),
         )
         attn_output = attn_output.reshape(bsz, q_len, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
@@ -196,11 +204,14 @@ class VideoRopeModelMixin:
     """Positions, packing, one vision pass: over a stock ``*VLModel`` (``attention_class`` set by subclasses)."""
 
     attention_class: type
+    vision_attention_class: type
 
     def __init__(self, config):
         super().__init__(config)
         self.rope = rope_config_of(config)
         hook_language_model(self.language_model, self.rope, self.attention_class)
+        for block in self.visual.blocks:
+            block.attn.__class__ = self.vision_attention_class
 
     def get_rope_index(
         self,
@@ -320,6 +331,12 @@ class VideoRopeModelMixin:
             position_ids = self._normalise_position_ids(
                 position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask
             )
+            if position_ids.shape[0] == 4 and attention_mask is None and "cu_seq_lens_q" not in kwargs \
+                    and is_flash_attention_requested(self.config):
+                # packed (or unpadded) rows: flash-attn's varlen boundaries once here, not detected in every layer
+                cu_seqlens, longest = varlen_boundaries(position_ids[0])
+                kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest,
+                              max_length_k=longest)
         if pixel_values is not None and pixel_values_videos is not None:
             if inputs_embeds is None:
                 inputs_embeds = self.get_input_embeddings()(input_ids)

@@ -6,6 +6,7 @@ Thin subclasses of transformers' Qwen2.5-VL classes over the mixins of ``common.
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as stock
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
 
+from .compat import FlashSafeVisionAttentionMixin
 from .common import PlainRotaryAttentionMixin, VideoRopeConfigMixin, VideoRopeGenerationMixin, VideoRopeModelMixin
 
 
@@ -17,9 +18,14 @@ class VideoRopeQwen2_5_VLAttention(PlainRotaryAttentionMixin, stock.Qwen2_5_VLAt
     eager_attention_forward = staticmethod(stock.eager_attention_forward)
 
 
+class VideoRopeQwen2_5_VLVisionAttention(FlashSafeVisionAttentionMixin, stock.Qwen2_5_VLVisionAttention):
+    pass
+
+
 class VideoRopeQwen2_5_VLModel(VideoRopeModelMixin, stock.Qwen2_5_VLModel):
     config_class = VideoRopeQwen2_5_VLConfig
     attention_class = VideoRopeQwen2_5_VLAttention
+    vision_attention_class = VideoRopeQwen2_5_VLVisionAttention
 
 
 class VideoRopeQwen2_5_VLForConditionalGeneration(VideoRopeGenerationMixin, stock.Qwen2_5_VLForConditionalGeneration):

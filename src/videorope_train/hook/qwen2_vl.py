@@ -6,6 +6,7 @@ Thin subclasses of transformers' Qwen2-VL classes over the mixins of ``common.py
 from transformers.models.qwen2_vl import modeling_qwen2_vl as stock
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 
+from .compat import FlashSafeVisionAttentionMixin
 from .common import PlainRotaryAttentionMixin, VideoRopeConfigMixin, VideoRopeGenerationMixin, VideoRopeModelMixin
 
 
@@ -17,9 +18,14 @@ class VideoRopeQwen2VLAttention(PlainRotaryAttentionMixin, stock.Qwen2VLAttentio
     eager_attention_forward = staticmethod(stock.eager_attention_forward)
 
 
+class VideoRopeQwen2VLVisionAttention(FlashSafeVisionAttentionMixin, stock.VisionAttention):
+    pass
+
+
 class VideoRopeQwen2VLModel(VideoRopeModelMixin, stock.Qwen2VLModel):
     config_class = VideoRopeQwen2VLConfig
     attention_class = VideoRopeQwen2VLAttention
+    vision_attention_class = VideoRopeQwen2VLVisionAttention
 
 
 class VideoRopeQwen2VLForConditionalGeneration(VideoRopeGenerationMixin, stock.Qwen2VLForConditionalGeneration):

@@ -6,7 +6,7 @@ integrations can reuse it.
 
 from .config import EXTRAPOLATIONS, VARIANTS, RopeConfig
 from .frequencies import AXIS_H, AXIS_T, AXIS_W, frequency_axes, scaled_inv_freq, yarn_ramp_bounds
-from .packing import sequence_local_positions
+from .packing import sequence_local_positions, varlen_boundaries
 from .positions import get_rope_index
 from .rotary import (
     ROTARY_ENV,
@@ -38,5 +38,6 @@ __all__ = [
     "scaled_inv_freq",
     "sequence_local_positions",
     "uses_fused_rotary",
+    "varlen_boundaries",
     "yarn_ramp_bounds",
 ]

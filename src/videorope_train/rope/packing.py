@@ -16,3 +16,15 @@ def sequence_local_positions(first_row: torch.Tensor) -> torch.Tensor:
     index = torch.arange(length, device=first_row.device).expand(batch, length)
     starts = torch.where(first_row == 0, index, torch.zeros_like(index)).cummax(dim=-1).values
     return index - starts
+
+
+def varlen_boundaries(local_positions: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sequence-local positions [B, L] → (cu_seqlens [n + 1] int32, longest sequence) of the flattened rows.
+
+    What flash-attention's varlen kernel needs, computed once per forward (one host read for the maximum, which the
+    kernel takes as an int) instead of in every layer.  Each row starts a sequence (its first position is 0).
+    """
+    flat = local_positions.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    cu_seqlens = torch.nn.functional.pad(starts, (0, 1), value=flat.numel()).to(torch.int32)
+    return cu_seqlens, int(cu_seqlens.diff().max())

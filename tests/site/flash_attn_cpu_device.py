@@ -1,0 +1,49 @@
+"""Lets transformers accept the flash_attn stand-in beside this file on a machine without CUDA.
+
+transformers takes flash-attn 2 only when the package is installed *and* a CUDA/MLU device exists
+(``is_flash_attn_2_available``, ``FLASH_ATTENTION_COMPATIBILITY_MATRIX``).  ``install()`` puts this folder on
+``sys.path`` (so ``find_spec`` and ``importlib.metadata`` see the stand-in exactly as they see a real install) and
+replaces only the device part of that probe: the package and version checks still run.  Everything downstream —
+LLaMA-Factory's ``flash_attn: fa2`` handling, ``attn_implementation="flash_attention_2"``, transformers' integration —
+is the real code.  ``sitecustomize.py`` calls it in subprocesses started with this folder on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+HERE = str(Path(__file__).resolve().parent)
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    importlib.invalidate_caches()
+
+    from packaging.version import Version
+    from transformers import modeling_flash_attention_utils as fa_utils
+    from transformers.utils import import_utils
+
+    import_utils.PACKAGE_DISTRIBUTION_MAPPING.update(importlib.metadata.packages_distributions())
+    original = import_utils.is_flash_attn_2_available
+
+    def is_flash_attn_2_available() -> bool:  # transformers' own check, less "and a CUDA device exists"
+        found, version = import_utils._is_package_available("flash_attn", return_version=True)
+        distributions = [name.replace("_", "-") for name in import_utils.PACKAGE_DISTRIBUTION_MAPPING["flash_attn"]]
+        return found and "flash-attn" in distributions and Version(version) >= Version("2.3.3")
+
+    for module in list(sys.modules.values()):  # every module that bound the original by name
+        # __dict__, not getattr: transformers' lazy modules would resolve (and warn about) every alias
+        if module is not None and module.__name__.startswith("transformers") \
+                and vars(module).get("is_flash_attn_2_available") is original:
+            setattr(module, "is_flash_attn_2_available", is_flash_attn_2_available)
+    fa2 = fa_utils.FLASH_ATTENTION_COMPATIBILITY_MATRIX[2]
+    fa2["general_availability_check"] = is_flash_attn_2_available
+    fa2["supported_devices"] = (*fa2["supported_devices"], (lambda: True, "cpu"))
+    _installed = True
