@@ -3,7 +3,9 @@
 transformers takes flash-attn 2 only when the package is installed *and* a CUDA/MLU device exists
 (``is_flash_attn_2_available``, ``FLASH_ATTENTION_COMPATIBILITY_MATRIX``).  ``install()`` puts this folder on
 ``sys.path`` (so ``find_spec`` and ``importlib.metadata`` see the stand-in exactly as they see a real install) and
-replaces only the device part of that probe: the package and version checks still run.  Everything downstream —
+replaces only the device part of that probe: the package and version checks still run.  The one other device
+assumption is that mixed precision means CUDA autocast (``get_target_dtype`` casts float32 q/k/v to the autocast
+dtype only when ``torch.is_autocast_enabled("cuda")``); here the CPU is the device, so its autocast counts too.  Everything downstream —
 LLaMA-Factory's ``flash_attn: fa2`` handling, ``attn_implementation="flash_attention_2"``, transformers' integration —
 is the real code.  ``sitecustomize.py`` calls it in subprocesses started with this folder on PYTHONPATH.
 """
@@ -26,6 +28,7 @@ def install() -> None:
         sys.path.insert(0, HERE)
     importlib.invalidate_caches()
 
+    import torch
     from packaging.version import Version
     from transformers import modeling_flash_attention_utils as fa_utils
     from transformers.utils import import_utils
@@ -43,6 +46,16 @@ def install() -> None:
         if module is not None and module.__name__.startswith("transformers") \
                 and vars(module).get("is_flash_attn_2_available") is original:
             setattr(module, "is_flash_attn_2_available", is_flash_attn_2_available)
+    from transformers.integrations import flash_attention
+
+    cuda_target_dtype = flash_attention.get_target_dtype
+
+    def get_target_dtype(query, module):
+        if query.dtype == torch.float32 and torch.is_autocast_enabled("cpu"):
+            return torch.get_autocast_dtype("cpu")
+        return cuda_target_dtype(query, module)
+
+    flash_attention.get_target_dtype = get_target_dtype
     fa2 = fa_utils.FLASH_ATTENTION_COMPATIBILITY_MATRIX[2]
     fa2["general_availability_check"] = is_flash_attn_2_available
     fa2["supported_devices"] = (*fa2["supported_devices"], (lambda: True, "cpu"))
