@@ -47,7 +47,7 @@ def test_last_checkpoint_skips_incomplete(tmp_path):
     assert last_checkpoint(tmp_path).name == "checkpoint-200"
 
 
-def test_plan_for_authors_recipe(hooked_dir, tmp_path):
+def test_plan_for_authors_recipe(hooked_dir, tmp_path, flash_attn_cpu):  # fa2 recipe: flash-attn must be usable
     plan = launch_plan(REPO / "recipes" / "videorope_sft.yaml", nodes=4, gpus_per_node=8, global_batch=128,
                        overrides=[f"model_name_or_path={hooked_dir('videorope')}", f"output_dir={tmp_path}"])
     assert "gradient_accumulation_steps=4" in plan["overrides"] and plan["resume"] is None
@@ -72,7 +72,7 @@ def test_local_launcher_with_wandb_offline(hooked_dir, demo_dataset_dir, tmp_pat
     assert len(losses) == 3 and all(loss > 0 for loss in losses)
 
 
-def test_plan_respects_explicit_accumulation_and_rejects_zero(hooked_dir, tmp_path):
+def test_plan_respects_explicit_accumulation_and_rejects_zero(hooked_dir, tmp_path, flash_attn_cpu):
     model = f"model_name_or_path={hooked_dir('videorope')}"
     recipe = REPO / "recipes" / "videorope_sft.yaml"
     plan = launch_plan(recipe, 2, 8, 128, [model, f"output_dir={tmp_path}", "gradient_accumulation_steps=2"])
@@ -80,3 +80,23 @@ def test_plan_respects_explicit_accumulation_and_rejects_zero(hooked_dir, tmp_pa
         "gradient_accumulation_steps=2"]
     with pytest.raises(ValueError, match="at least 1 node"):
         launch_plan(recipe, 2, 0, 128, [model])
+
+
+@pytest.mark.parametrize("stand_in", [False, True])
+def test_fa2_recipe_stops_before_training_without_usable_flash_attn(hooked_dir, tmp_path, stand_in):
+    """A node where transformers cannot use flash-attn: LLaMA-Factory would warn and train with sdpa; the launcher
+    stops with what to install, and writes nothing."""
+    from conftest import SITE
+
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    env.pop("FLASH_ATTN_CPU", None)
+    if stand_in:  # flash-attn installed and loadable, but no CUDA device on this machine
+        env["PYTHONPATH"] = SITE
+    result = subprocess.run([str(BIN / "videorope-train"), "launch-plan", "recipes/videorope_sft.yaml",
+                             f"model_name_or_path={hooked_dir('videorope')}", f"output_dir={out}"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    reason = "needs a visible CUDA device" if stand_in else "flash-attn is not installed"
+    assert reason in result.stderr and "pip install flash-attn==2.8.3" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not out.exists()

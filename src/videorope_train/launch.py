@@ -1,7 +1,8 @@
 """What a launcher adds to a recipe: gradient accumulation for the node count, resumption, W&B identity.
 
 `videorope-train launch-plan RECIPE --nodes N --gpus-per-node G [--global-batch B]` prints shell lines that
-`scripts/slurm/train.sbatch` and `scripts/train_local.sh` evaluate.
+`scripts/slurm/train.sbatch` and `scripts/train_local.sh` evaluate; it first checks that the node can run the
+recipe's attention (``preflight.py``), so a misconfigured node stops before training and writes nothing.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
         raise ValueError(f"need at least 1 node and 1 process per node, got {nodes} x {gpus_per_node}")
     overrides = list(overrides)
     args = load_recipe(recipe, overrides)
+    from .preflight import flash_attention_problem
+
+    problem = flash_attention_problem(args)
+    if problem:
+        raise ValueError(f"{recipe}: {problem}")
     overridden = {item.partition("=")[0] for item in overrides}
     extra = []
     if global_batch and "gradient_accumulation_steps" not in overridden:  # an explicit override wins
