@@ -12,9 +12,10 @@
     Time per layer (median) and memory: peak CUDA memory on GPU; on CPU the bytes the op allocates.
     Each time is also given as a multiple of the bandwidth floor: a copy of q and k (read once, written once).
 (b) position-index building for a batch of long-video samples: ``rope.get_rope_index`` vs. a per-token loop.
-(c) a forward+backward training step of a small random Qwen2-VL (default ~100M parameters, head_dim 128)
-    with the hook, VideoRoPE vs. M-RoPE on the same inputs (and stock, un-hooked M-RoPE for reference);
-    the target is a ratio <= 1.01.
+(c) a forward+backward training step of a small random Qwen2-VL (default ~100M parameters, head_dim 128):
+    VideoRoPE vs. M-RoPE on ONE hooked model instance (the RoPE settings switched; same weights, same inputs),
+    paired and interleaved in ABBA order, the ratio of mean step times with a 95% bootstrap interval over the
+    pairs (target <= 1.01); stock, un-hooked M-RoPE on the same weights for reference.
 fp32 on CPU, bf16 on GPU (``--dtype`` to choose).  Prints a table and writes JSON.
 """
 
@@ -213,7 +214,7 @@ def bench_index(tokens, batch, repeats):
 
 
 def step_models(work: Path, device, dtype, hidden_size, num_layers, frames):
-    """A random Qwen2-VL hooked with VideoRoPE, hooked with M-RoPE and stock, loaded; one video prompt."""
+    """A random Qwen2-VL hooked with VideoRoPE and the same weights un-hooked (stock), loaded; one video prompt."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from videorope_train.hook.prepare import prepare_model
@@ -222,11 +223,7 @@ def step_models(work: Path, device, dtype, hidden_size, num_layers, frames):
     heads = hidden_size // 128  # head_dim 128 and its (16, 24, 24) sections, as in Qwen2-VL-7B
     base = make_tiny_model(work / "base", hidden_size=hidden_size, num_layers=num_layers, num_heads=heads,
                            num_kv_heads=max(1, heads // 4), mrope_section=SECTION)
-    models = {
-        "videorope (hook)": prepare_model(base, work / "bench-videorope", RopeConfig("videorope")),
-        "mrope (hook)": prepare_model(base, work / "bench-mrope", RopeConfig("mrope")),
-        "mrope (stock)": base,
-    }
+    models = {"hook": prepare_model(base, work / "bench-videorope", RopeConfig("videorope")), "stock": base}
     processor = AutoProcessor.from_pretrained(base)
     generator = torch.Generator().manual_seed(0)
     video = torch.randint(0, 255, (frames, 224, 224, 3), generator=generator, dtype=torch.uint8).numpy()
@@ -238,38 +235,88 @@ def step_models(work: Path, device, dtype, hidden_size, num_layers, frames):
     inputs = {k: v.to(device) for k, v in inputs.items()}
     loaded = {}
     for name, path in models.items():
-        kwargs = {"trust_remote_code": True} if "hook" in name else {}
+        kwargs = {"trust_remote_code": True} if name == "hook" else {}
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **kwargs)
         loaded[name] = model.to(device).train()
     return loaded, inputs
 
 
+def rope_switch(model, variants):
+    """One hooked model instance, several RoPE settings: ``switch(name)`` installs a variant's positions and
+    rotary (no parameters change, so the weights, inputs and memory layout are the same for every variant)."""
+    from videorope_train.hook.common import VideoRopeRotaryEmbedding
+
+    inner = model.model
+    current = inner.language_model.rotary_emb
+    rotaries = {name: VideoRopeRotaryEmbedding(rope, current.head_dim, current.rope_theta, current.mrope_section)
+                for name, rope in variants.items()}
+
+    def switch(name):
+        inner.rope = variants[name]
+        inner.language_model.rotary_emb = rotaries[name].train(model.training)
+
+    return switch
+
+
+def bootstrap_ratio(numerator, denominator, resamples=4000, seed=0):
+    """Ratio of means of paired samples and its 95% percentile-bootstrap interval (pairs resampled together)."""
+    a, b = torch.tensor(numerator, dtype=torch.float64), torch.tensor(denominator, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(a), (resamples, len(a)), generator=generator)
+    ratios = a[picks].mean(dim=1) / b[picks].mean(dim=1)
+    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"ratio": float(a.mean() / b.mean()), "ci95": [low, high], "pairs": len(a)}
+
+
 def bench_step(repeats, device, dtype, hidden_size=1024, num_layers=12, frames=16):
+    """VideoRoPE vs M-RoPE on one model instance, paired and interleaved (ABBA order), plus stock M-RoPE."""
     with tempfile.TemporaryDirectory(prefix="bench-step-") as work:  # the weights live in memory from here on
         loaded, inputs = step_models(Path(work), device, dtype, hidden_size, num_layers, frames)
+    hooked, stock = loaded["hook"], loaded["stock"]
+    switch = rope_switch(hooked, {"videorope (hook)": RopeConfig("videorope"), "mrope (hook)": RopeConfig("mrope")})
 
     def step(model):
-        def run():
-            model.zero_grad(set_to_none=True)
-            loss = model(**inputs, labels=inputs["input_ids"]).loss
-            loss.backward()
-        return run
+        model.zero_grad(set_to_none=True)
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
 
-    samples = {name: [] for name in loaded}
-    for name, model in loaded.items():  # warm up
-        for _ in range(2):
-            step(model)()
-    for _ in range(repeats):  # interleaved, so drift hits every variant alike
-        for name, model in loaded.items():
-            sync(device)
-            start = time.perf_counter()
-            step(model)()
-            sync(device)
-            samples[name].append(time.perf_counter() - start)
+    def timed_step(name):
+        if name == "mrope (stock)":
+            model = stock
+        else:
+            switch(name)
+            model = hooked
+        sync(device)
+        start = time.perf_counter()
+        step(model)
+        sync(device)
+        return time.perf_counter() - start
+
+    # the switch is real: hooked M-RoPE computes stock's loss on the same weights, VideoRoPE another one
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    with torch.no_grad():
+        losses = {}
+        for name in ("mrope (hook)", "videorope (hook)"):
+            switch(name)
+            losses[name] = hooked(**inputs, labels=inputs["input_ids"]).loss.float()
+        torch.testing.assert_close(losses["mrope (hook)"], stock(**inputs, labels=inputs["input_ids"]).loss.float(),
+                                   **tol)
+        assert not torch.equal(losses["mrope (hook)"], losses["videorope (hook)"])
+    names = ["videorope (hook)", "mrope (hook)", "mrope (stock)"]
+    for name in names:  # warm up
+        timed_step(name), timed_step(name)
+    samples = {name: [] for name in names}
+    for index in range(repeats):
+        order = ["videorope (hook)", "mrope (hook)"]
+        for name in order if index % 2 == 0 else order[::-1]:  # ABBA: neither variant always runs first
+            samples[name].append(timed_step(name))
+        samples["mrope (stock)"].append(timed_step("mrope (stock)"))
     medians = {name: 1e3 * statistics.median(values) for name, values in samples.items()}
-    params = sum(p.numel() for p in loaded["videorope (hook)"].parameters())
-    return {"tokens": int(inputs["input_ids"].shape[1]), "parameters": params, "ms": medians,
-            "videorope/mrope (hook)": medians["videorope (hook)"] / medians["mrope (hook)"],
+    spread = {name: [1e3 * min(values), 1e3 * max(values)] for name, values in samples.items()}
+    params = sum(p.numel() for p in hooked.parameters())
+    paired = bootstrap_ratio(samples["videorope (hook)"], samples["mrope (hook)"])
+    return {"tokens": int(inputs["input_ids"].shape[1]), "parameters": params, "ms": medians, "ms min/max": spread,
+            "videorope/mrope (hook)": paired["ratio"], "videorope/mrope (hook) ci95": paired["ci95"],
+            "pairs": paired["pairs"],
             "videorope (hook)/mrope (stock)": medians["videorope (hook)"] / medians["mrope (stock)"]}
 
 
@@ -278,7 +325,7 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--index-batch", type=int, default=4)
-    parser.add_argument("--step-repeats", type=int, default=10)
+    parser.add_argument("--step-repeats", type=int, default=20, help="(c) ABBA pairs")
     parser.add_argument("--step-hidden", type=int, default=1024, help="(c) model width, a multiple of 128")
     parser.add_argument("--step-layers", type=int, default=12, help="(c) layers (1024 x 12: ~100M parameters)")
     parser.add_argument("--skip-step", action="store_true")
@@ -322,7 +369,9 @@ def main(argv=None):
         step = report["step"]
         print(f"\n(c) train step, {step['parameters'] / 1e6:.1f}M params, {step['tokens']} tokens: "
               + ", ".join(f"{k} {v:.1f} ms" for k, v in step["ms"].items())
-              + f"; videorope/mrope (hook) = {step['videorope/mrope (hook)']:.3f}")
+              + f"; videorope/mrope (hook, one model, {step['pairs']} ABBA pairs) = "
+              f"{step['videorope/mrope (hook)']:.3f} (95% CI {step['videorope/mrope (hook) ci95'][0]:.3f}-"
+              f"{step['videorope/mrope (hook) ci95'][1]:.3f})")
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten {args.out}")
     return report

@@ -18,7 +18,7 @@ def test_bench_rope_runs(tmp_path, dtype):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "scripts/bench_rope.py", "--tokens", "1024", "--repeats", "2", "--index-batch", "2",
-         "--step-repeats", "1", "--step-hidden", "256", "--step-layers", "2", "--dtype", dtype, "--out", str(out)],
+         "--step-repeats", "2", "--step-hidden", "256", "--step-layers", "2", "--dtype", dtype, "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,4 +34,7 @@ def test_bench_rope_runs(tmp_path, dtype):
     element_bytes = 2 if dtype == "bfloat16" or torch.cuda.is_available() else 4
     assert entry["bandwidth floor bytes"] == 2 * (28 + 4) * entry["tokens"] * 128 * element_bytes
     assert report["index"][0]["this project ms"] > 0
-    assert set(report["step"]["ms"]) == {"videorope (hook)", "mrope (hook)", "mrope (stock)"}
+    step = report["step"]
+    assert set(step["ms"]) == {"videorope (hook)", "mrope (hook)", "mrope (stock)"}
+    low, high = step["videorope/mrope (hook) ci95"]
+    assert step["pairs"] == 2 and low <= step["videorope/mrope (hook)"] <= high
