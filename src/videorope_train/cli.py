@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--family", choices=("qwen2_vl", "qwen2_5_vl"), default="qwen2_vl")
+    tiny.add_argument("--hidden-size", type=int, default=64)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--heads", type=int, default=4)
+    tiny.add_argument("--kv-heads", type=int, default=2)
+    tiny.add_argument("--mrope-section", type=int, nargs=3, default=(2, 3, 3), help="sums to head_dim / 2")
 
     plan = commands.add_parser("launch-plan", help="shell lines a launcher evaluates before llamafactory-cli")
     plan.add_argument("recipe")
@@ -116,7 +121,10 @@ def main(argv=None) -> int:
         elif args.command == "make-tiny-model":
             from .tiny import make_tiny_model
 
-            print(f"tiny Qwen2-VL written to {make_tiny_model(args.out, seed=args.seed, family=args.family)}")
+            path = make_tiny_model(args.out, hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads,
+                                   num_kv_heads=args.kv_heads, mrope_section=tuple(args.mrope_section),
+                                   seed=args.seed, family=args.family)
+            print(f"tiny Qwen2-VL written to {path}")
         elif args.command == "launch-plan":
             from .launch import launch_plan, shell_lines
 
