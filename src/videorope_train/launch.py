@@ -7,8 +7,11 @@ recipe's attention (``preflight.py``), so a misconfigured node stops before trai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
+import sys
+import time
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -71,14 +74,58 @@ def gradient_accumulation(per_device: int, processes: int, global_batch: int) ->
     return global_batch // (per_device * processes)
 
 
-def last_checkpoint(output_dir: str | Path) -> Optional[Path]:
-    """The newest complete ``checkpoint-N`` directory (one with trainer_state.json), if any."""
-    candidates = []
+def _checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    found = []
     for path in Path(output_dir).glob("checkpoint-*"):
         suffix = path.name.split("-", 1)[1]
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
-            candidates.append((int(suffix), path))
-    return max(candidates)[1] if candidates else None
+        if suffix.isdigit() and path.is_dir():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG states)."""
+    return (checkpoint / "trainer_state.json").is_file()
+
+
+def last_checkpoint(output_dir: str | Path) -> Optional[Path]:
+    """The newest complete ``checkpoint-N`` directory (one with trainer_state.json), if any."""
+    complete = [path for _, path in _checkpoints(output_dir) if is_complete(path)]
+    return complete[-1] if complete else None
+
+
+def set_aside_incomplete(output_dir: str | Path) -> list[Path]:
+    """Rename checkpoints a killed job left half-written to ``incomplete-checkpoint-N-<time>`` (kept, not deleted),
+    so that neither the resume nor the Trainer's ``save_total_limit`` rotation ever takes one for a checkpoint."""
+    moved = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for _, path in _checkpoints(output_dir):
+        if not is_complete(path):
+            target = path.with_name(f"incomplete-{path.name}-{stamp}")
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
+def check_resume_matches_model(checkpoint: Path, model_dir: str | Path) -> None:
+    """A checkpoint trained with other RoPE settings (variant, δ, ...) than the model now named is refused."""
+    saved, current = checkpoint / "config.json", Path(model_dir) / "config.json"
+    if not saved.is_file() or not current.is_file():
+        return  # adapters-only checkpoints (LoRA) carry no model config
+    theirs, ours = json.loads(saved.read_text()).get("videorope"), json.loads(current.read_text()).get("videorope")
+    if theirs is None or ours is None:
+        return
+    theirs, ours = RopeConfig.from_dict(theirs), RopeConfig.from_dict(ours)
+    if theirs != ours:
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint} was trained with {theirs}, but model_name_or_path {model_dir} is "
+            f"{ours}; resume with the model it was trained from, or start a new output_dir"
+        )
+
+
+def wandb_run_id(output_dir: str | Path) -> str:
+    """One W&B run per training run: the id follows the output directory, so a restart continues the run."""
+    return "vr-" + hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
 def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch: Optional[int] = None,
@@ -101,10 +148,17 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
     identity = run_identity(args)
     if "run_name" not in overridden:
         extra.append(f"run_name={identity['name']}")
-    checkpoint = last_checkpoint(args["output_dir"])
+    for moved in set_aside_incomplete(args["output_dir"]):
+        print(f"[videorope] {moved.name}: a half-written checkpoint, set aside", file=sys.stderr)
+    checkpoint = args.get("resume_from_checkpoint")
+    if checkpoint is None:
+        checkpoint = last_checkpoint(args["output_dir"])
+        if checkpoint is not None:
+            extra.append(f"resume_from_checkpoint={checkpoint}")
     if checkpoint is not None:
-        extra.append(f"resume_from_checkpoint={checkpoint}")
-    return {"overrides": overrides + extra, "identity": identity, "resume": checkpoint}
+        check_resume_matches_model(Path(checkpoint), args["model_name_or_path"])
+    return {"overrides": overrides + extra, "identity": identity, "resume": checkpoint,
+            "wandb_run_id": wandb_run_id(args["output_dir"])}
 
 
 def shell_lines(plan: dict) -> str:
@@ -113,6 +167,8 @@ def shell_lines(plan: dict) -> str:
         f"export WANDB_RUN_GROUP={shlex.quote(identity['group'])}",
         f"export WANDB_TAGS={shlex.quote(','.join(identity['tags']))}",
         "export WANDB_PROJECT=${WANDB_PROJECT:-videorope}",
+        f"export WANDB_RUN_ID=${{WANDB_RUN_ID:-{plan['wandb_run_id']}}}",  # a restart continues the same W&B run
+        "export WANDB_RESUME=${WANDB_RESUME:-allow}",
         "LF_OVERRIDES=(" + " ".join(shlex.quote(item) for item in plan["overrides"]) + ")",
     ]
     return "\n".join(lines)

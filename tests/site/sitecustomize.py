@@ -2,6 +2,7 @@
 
 FLASH_ATTN_CPU=1              transformers accepts the flash_attn stand-in beside this file on CPU
 VIDEOROPE_RECORD_POSITIONS=D  the positions the rotary consumes are saved under D (position_recorder.py)
+VIDEOROPE_DIE_SAVING_STEP=N   the process dies in the middle of writing checkpoint-N
 """
 
 import os
@@ -29,3 +30,15 @@ if os.environ.get("FLASH_ATTN_CPU_REPORT"):
                 json.dump(module.CALLS, handle)
 
     atexit.register(_report)
+
+if os.environ.get("VIDEOROPE_DIE_SAVING_STEP"):  # a job killed while writing checkpoint-N (test_resume.py)
+    from transformers import Trainer
+
+    _save_rng_state = Trainer._save_rng_state
+
+    def _die_mid_save(self, output_dir, _step=int(os.environ["VIDEOROPE_DIE_SAVING_STEP"])):
+        if self.state.global_step == _step:  # weights and optimizer written; RNG and trainer state not yet
+            os._exit(9)
+        return _save_rng_state(self, output_dir)
+
+    Trainer._save_rng_state = _die_mid_save

@@ -35,7 +35,7 @@ from ..rope import (
     sequence_local_positions,
     varlen_boundaries,
 )
-from .compat import attention_call_kwargs
+from .compat import attention_call_kwargs, checkpoint_keys_to_module_keys
 
 CONFIG_KEY = "videorope"
 
@@ -381,6 +381,28 @@ class VideoRopeGenerationMixin:
         # generate() derives positions itself; ids passed by the caller (e.g. a collator's) would be advanced
         # by +1 per step, which is wrong for TAD, fractional positions and prompts that end in a video.
         return super().prepare_inputs_for_generation(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` that also takes checkpoint files in the Hub layout, and never half-loads.
+
+        The Trainer resumes a run without DeepSpeed by reading ``checkpoint-N/model.safetensors`` — written in the
+        Hub layout (``model.layers.*``, ``visual.*``) — into ``load_state_dict(state_dict, strict=False)``; stock
+        Qwen2-VL on transformers 5.6 then matches no key and silently trains on from the base weights (transformers
+        issue 43701).  Keys are renamed with transformers' own conversion mapping first, and weights that still do
+        not load (another model's checkpoint, a truncated file) raise instead of being skipped, whatever ``strict``.
+        """
+        converted = checkpoint_keys_to_module_keys(self, state_dict)
+        result = super().load_state_dict(converted, strict=strict, assign=assign)
+        own = self.state_dict(keep_vars=True)
+        loaded = {own[key].data_ptr() for key in converted if key in own}
+        missing = [key for key in result.missing_keys if own[key].data_ptr() not in loaded]  # tied weights load too
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"checkpoint weights do not match this {type(self).__name__}: {len(missing)} of its weights missing "
+                f"(e.g. {missing[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}); "
+                f"refusing to continue from partially loaded weights"
+            )
+        return result
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         # Positions are derived inside forward (prefill: full layout; then p + rope_deltas), never carried in

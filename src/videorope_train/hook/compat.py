@@ -46,3 +46,17 @@ class FlashSafeVisionAttentionMixin:
 
     def forward(self, *args, **kwargs):
         return super().forward(*args, **kwargs, **attention_call_kwargs(self.config))
+
+
+def checkpoint_keys_to_module_keys(model, state_dict: dict) -> dict:
+    """A state dict in the Hub layout that ``save_pretrained`` writes (``model.layers.*``, ``visual.*``) renamed to
+    the module's own names (``model.language_model.layers.*``, ``model.visual.*``) with transformers' own
+    conversion mapping for the model type — what ``from_pretrained`` applies and plain ``load_state_dict`` does not.
+    Keys already in the module's layout pass unchanged."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    return {rename_source_key(key, renamings, converters)[0]: value for key, value in state_dict.items()}

@@ -1,0 +1,132 @@
+"""A restarted job continues the same run, in every mode the recipes use.
+
+For each mode, an uninterrupted run of 6 steps (checkpoints every 3) is the reference; a second output directory
+holding only that run's checkpoint-3 — what a job stopped after step 3 leaves — is restarted through the project's
+launcher (`scripts/train_local.sh`), which resumes from it.  The restarted run must end with the same weights
+(fp32: max |difference| <= 1e-6) and the same loss history.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+MODES = {
+    # name: (processes, overrides, weights file)
+    "full, no DeepSpeed": (1, [], "model.safetensors"),
+    "ZeRO-2": (2, ["deepspeed=recipes/deepspeed/ds_z2_config.json"], "model.safetensors"),
+    "ZeRO-3": (2, ["deepspeed=recipes/deepspeed/ds_z3_config.json"], "model.safetensors"),
+    "ZeRO-3 offload": (2, ["deepspeed=recipes/deepspeed/ds_z3_offload_config.json"], "model.safetensors"),
+    "LoRA": (1, ["finetuning_type=lora", "lora_target=all", "lora_rank=4", "learning_rate=5e-2"],
+             "adapter_model.safetensors"),
+}
+PORTS = {name: 29600 + index for index, name in enumerate(MODES)}
+
+
+def launch(model_dir, dataset_dir, output_dir, processes, overrides, port, extra_env=None):
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", SKIP_DATA_CHECK="1",
+               MASTER_PORT=str(port), **(extra_env or {}))
+    command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", str(processes),
+               f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}", f"output_dir={output_dir}",
+               "save_steps=3", "per_device_train_batch_size=1", "max_steps=6", *overrides]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return result
+
+
+def loss_history(output_dir):
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [(entry["step"], entry["loss"]) for entry in state["log_history"] if "loss" in entry]
+
+
+def stopped_after(reference, step, target):
+    """An output directory as a job stopped after ``step`` leaves it: that checkpoint only."""
+    target.mkdir()
+    shutil.copytree(reference / f"checkpoint-{step}", target / f"checkpoint-{step}")
+    return target
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_restarted_run_equals_uninterrupted(hooked_dir, demo_dataset_dir, tmp_path, mode):
+    processes, overrides, weights_file = MODES[mode]
+    model_dir = hooked_dir("videorope")
+    reference = tmp_path / "uninterrupted"
+    result = launch(model_dir, demo_dataset_dir, reference, processes, overrides, PORTS[mode])
+    assert result.returncode == 0, result.stderr[-5000:]
+    restarted = stopped_after(reference, 3, tmp_path / "restarted")
+    result = launch(model_dir, demo_dataset_dir, restarted, processes, overrides, PORTS[mode])
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Continuing training from checkpoint" in result.stdout + result.stderr or \
+        "Resuming training from checkpoint" in result.stdout + result.stderr
+    assert loss_history(restarted) == pytest.approx(loss_history(reference), abs=1e-6)
+    assert [step for step, _ in loss_history(restarted)] == list(range(1, 7))
+    want, got = load_file(reference / weights_file), load_file(restarted / weights_file)
+    assert want.keys() == got.keys() and want
+    worst = max((want[k].float() - got[k].float()).abs().max().item() for k in want)
+    assert worst <= 1e-6, f"{mode}: final weights differ by {worst}"
+    base = load_file(reference / "checkpoint-3" / weights_file)
+    assert any(not torch.equal(base[k], want[k]) for k in want)  # steps 4-6 really changed the weights
+
+
+def test_checkpoint_that_does_not_load_is_refused(hooked_dir, demo_dataset_dir, tmp_path):
+    """Weights that do not all load stop the run before training, and nothing in the output dir is overwritten."""
+    model_dir = hooked_dir("videorope")
+    reference = tmp_path / "uninterrupted"
+    assert launch(model_dir, demo_dataset_dir, reference, 1, [], 29650).returncode == 0
+    broken = stopped_after(reference, 3, tmp_path / "broken")
+    weights = load_file(broken / "checkpoint-3" / "model.safetensors")
+    from safetensors.torch import save_file
+
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, broken / "checkpoint-3" / "model.safetensors",
+              metadata={"format": "pt"})
+    before = {p.relative_to(broken): p.read_bytes() for p in broken.rglob("*") if p.is_file()}
+    result = launch(model_dir, demo_dataset_dir, broken, 1, [], 29651)
+    assert result.returncode != 0
+    assert "checkpoint weights do not match" in result.stderr and "1 of its weights missing" in result.stderr
+    for path, content in before.items():  # nothing there was overwritten or removed
+        assert (broken / path).read_bytes() == content, path
+    assert not (broken / "model.safetensors").exists()
+
+
+def test_job_killed_mid_save_resumes_from_the_last_complete_checkpoint(hooked_dir, demo_dataset_dir, tmp_path):
+    """checkpoint-6 half-written when the job dies: the launcher sets it aside (kept), resumes from checkpoint-3,
+    and with save_total_limit=1 no complete checkpoint is lost to a half-written one."""
+    from conftest import SITE
+
+    model_dir = hooked_dir("videorope")
+    limit = ["save_total_limit=1", "max_steps=9"]
+    reference = tmp_path / "uninterrupted"
+    assert launch(model_dir, demo_dataset_dir, reference, 1, limit, 29660).returncode == 0
+    out = tmp_path / "killed"
+    died = launch(model_dir, demo_dataset_dir, out, 1, limit, 29661,
+                  extra_env={"PYTHONPATH": SITE, "VIDEOROPE_DIE_SAVING_STEP": "6"})
+    assert died.returncode != 0
+    assert (out / "checkpoint-3" / "trainer_state.json").is_file()
+    assert (out / "checkpoint-6").is_dir() and not (out / "checkpoint-6" / "trainer_state.json").exists()
+    result = launch(model_dir, demo_dataset_dir, out, 1, limit, 29662)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "checkpoint-6: a half-written checkpoint, set aside" in result.stderr
+    assert len(list(out.glob("incomplete-checkpoint-6-*"))) == 1  # kept for inspection, never deleted
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-9"]  # the limit rotated complete ones
+    assert loss_history(out) == pytest.approx(loss_history(reference), abs=1e-6)
+    want, got = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-6
+
+
+def test_resume_with_other_rope_settings_is_refused(hooked_dir, demo_dataset_dir, tmp_path):
+    from videorope_train.launch import launch_plan
+
+    reference = tmp_path / "run"
+    assert launch(hooked_dir("videorope"), demo_dataset_dir, reference, 1, ["max_steps=3"], 29670).returncode == 0
+    with pytest.raises(ValueError, match="was trained with .*temporal_stride=2.0.* but model_name_or_path"):
+        launch_plan(REPO / "recipes" / "tiny_cpu_sft.yaml", 1, 1, overrides=[
+            f"model_name_or_path={hooked_dir('videorope', temporal_stride=3.0)}", f"output_dir={reference}"])
