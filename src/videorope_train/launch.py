@@ -94,7 +94,7 @@ def last_checkpoint(output_dir: str | Path) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
-def set_aside_incomplete(output_dir: str | Path) -> list[Path]:
+def set_aside_incomplete(output_dir: str | Path) -> list[tuple[Path, Path]]:
     """Rename checkpoints a killed job left half-written to ``incomplete-checkpoint-N-<time>`` (kept, not deleted),
     so that neither the resume nor the Trainer's ``save_total_limit`` rotation ever takes one for a checkpoint."""
     moved = []
@@ -103,7 +103,7 @@ def set_aside_incomplete(output_dir: str | Path) -> list[Path]:
         if not is_complete(path):
             target = path.with_name(f"incomplete-{path.name}-{stamp}")
             path.rename(target)
-            moved.append(target)
+            moved.append((path, target))
     return moved
 
 
@@ -148,8 +148,9 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
     identity = run_identity(args)
     if "run_name" not in overridden:
         extra.append(f"run_name={identity['name']}")
-    for moved in set_aside_incomplete(args["output_dir"]):
-        print(f"[videorope] {moved.name}: a half-written checkpoint, set aside", file=sys.stderr)
+    for path, target in set_aside_incomplete(args["output_dir"]):
+        print(f"[videorope] {path.name} is half-written (a job died saving it): set aside as {target.name}",
+              file=sys.stderr)
     checkpoint = args.get("resume_from_checkpoint")
     if checkpoint is None:
         checkpoint = last_checkpoint(args["output_dir"])

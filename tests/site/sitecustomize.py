@@ -32,7 +32,11 @@ if os.environ.get("FLASH_ATTN_CPU_REPORT"):
     atexit.register(_report)
 
 if os.environ.get("VIDEOROPE_DIE_SAVING_STEP"):  # a job killed while writing checkpoint-N (test_resume.py)
-    from transformers import Trainer
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's import banner must not reach a launcher's $(...)
+        from transformers import Trainer
 
     _save_rng_state = Trainer._save_rng_state
 
