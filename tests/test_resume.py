@@ -132,3 +132,26 @@ def test_resume_with_other_rope_settings_is_refused(hooked_dir, demo_dataset_dir
     with pytest.raises(ValueError, match="was trained with .*temporal_stride=2.0.* but model_name_or_path"):
         launch_plan(REPO / "recipes" / "tiny_cpu_sft.yaml", 1, 1, overrides=[
             f"model_name_or_path={hooked_dir('videorope', temporal_stride=3.0)}", f"output_dir={reference}"])
+
+
+def test_restarted_job_continues_the_same_wandb_run(hooked_dir, demo_dataset_dir, tmp_path):
+    """One W&B run per training run: the job that dies and the job that resumes it write to one run id (offline
+    run files read back), and the resumed job's curve picks up after the checkpoint."""
+    from conftest import SITE
+    from wandb_records import summarise
+
+    out = tmp_path / "out"
+    wandb = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_PROJECT": "videorope-test"}
+    died = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, ["report_to=wandb"], 29680,
+                  extra_env={**wandb, "PYTHONPATH": SITE, "VIDEOROPE_DIE_SAVING_STEP": "6"})
+    assert died.returncode != 0
+    result = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, ["report_to=wandb"], 29681, extra_env=wandb)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = sorted(tmp_path.glob("wandb/offline-run-*"))  # the killed job's and the resumed job's
+    assert len(runs) == 2
+    # (the killed job's own file holds nothing: os._exit left W&B no time to flush; online, it had streamed)
+    run_ids = {path.name.rsplit("-", 2)[-2] + "-" + path.name.rsplit("-", 1)[-1] for path in runs}
+    second, _, history = summarise(next(runs[1].glob("run-*.wandb")))
+    assert run_ids == {second.run_id} and second.run_id.startswith("vr-")
+    steps = [int(json.loads(h["train/global_step"])) for h in history if "train/loss" in h]
+    assert steps == [4, 5, 6]  # the curve continues after checkpoint-3
