@@ -188,7 +188,7 @@ class LoadedModel:
     def positions(self, input_ids, video_grid_thw, attention_mask=None) -> torch.Tensor:
         """[3, B, L] position ids of the checkpoint's own variant (its ``get_rope_index``)."""
         if self.hooked:
-            return self.model.get_rope_index(input_ids, None, video_grid_thw, attention_mask)[0]
+            return self.model.get_rope_index(input_ids, video_grid_thw=video_grid_thw, attention_mask=attention_mask)[0]
         config = self.config
         return get_rope_index(
             RopeConfig("mrope"), input_ids, None, video_grid_thw, attention_mask,

@@ -213,26 +213,30 @@ class VideoRopeModelMixin:
         for block in self.visual.blocks:
             block.attn.__class__ = self.vision_attention_class
 
-    def get_rope_index(
-        self,
-        input_ids: torch.Tensor,
-        image_grid_thw: Optional[torch.Tensor] = None,
-        video_grid_thw: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        **unused: Any,
-    ):
+    stock_rope_index_args: tuple = ("attention_mask",)  # stock's positional parameters after video_grid_thw
+
+    def get_rope_index(self, input_ids: torch.Tensor, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
+                       *more, **kwargs):
         """position_ids [3, B, L] and rope_deltas [B, 1] of this model's variant (see ``rope.get_rope_index``).
 
-        Extra keyword arguments callers pass for the stock models (``mm_token_type_ids``, ``second_per_grid_ts``)
-        are not needed: blocks are found from the token ids, and the temporal index is the temporal-patch index
-        for every family (Qwen2.5-VL's absolute-time M-RoPE is not reproduced; see the README).
+        Takes the stock signature, positionally too: ``(input_ids, mm_token_type_ids, image_grid_thw,
+        video_grid_thw, [second_per_grid_ts,] attention_mask)``.  ``mm_token_type_ids`` and
+        ``second_per_grid_ts`` are not needed: blocks are found from the token ids, and the temporal index is the
+        temporal-patch index for every family (Qwen2.5-VL's absolute-time M-RoPE is not reproduced; see the README).
         """
+        if len(more) > len(self.stock_rope_index_args):
+            raise TypeError(f"get_rope_index takes at most {4 + len(self.stock_rope_index_args)} positional "
+                            f"arguments after self ({4 + len(more)} given)")
+        for name, value in zip(self.stock_rope_index_args, more):
+            if name in kwargs:
+                raise TypeError(f"get_rope_index got multiple values for argument '{name}'")
+            kwargs[name] = value
         return get_rope_index(
             self.rope,
             input_ids,
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
-            attention_mask=attention_mask,
+            attention_mask=kwargs.get("attention_mask"),
             spatial_merge_size=self.config.vision_config.spatial_merge_size,
             image_token_id=self.config.image_token_id,
             video_token_id=self.config.video_token_id,
@@ -264,7 +268,8 @@ class VideoRopeModelMixin:
                                      "pass input_ids, or position_ids computed with get_rope_index")
                 input_ids = torch.zeros(batch, length, dtype=torch.long, device=inputs_embeds.device)
             position_ids, deltas = self.get_rope_index(
-                input_ids, image_grid_thw, video_grid_thw, attention_mask=_two_d_mask(attention_mask, length)
+                input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                attention_mask=_two_d_mask(attention_mask, length),
             )
             self.rope_deltas = deltas
             if past_key_values is not None:
@@ -304,7 +309,8 @@ class VideoRopeModelMixin:
             raise ValueError("fractional position ids arrived in bf16/fp16 for a partial sequence; pass float32 "
                              "position ids, or none (generate derives its own)")
         mask = _two_d_mask(attention_mask, rows.shape[-1])
-        return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask=mask)[0]
+        return self.get_rope_index(input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                                   attention_mask=mask)[0]
 
     def _embed_images_and_videos(self, input_ids, inputs_embeds, pixel_values, pixel_values_videos,
                                  image_grid_thw, video_grid_thw):
@@ -377,10 +383,21 @@ class VideoRopeGenerationMixin:
     def get_rope_index(self, *args, **kwargs):
         return self.model.get_rope_index(*args, **kwargs)
 
-    def prepare_inputs_for_generation(self, *args, position_ids=None, rope_deltas=None, **kwargs):
-        # generate() derives positions itself; ids passed by the caller (e.g. a collator's) would be advanced
-        # by +1 per step, which is wrong for TAD, fractional positions and prompts that end in a video.
-        return super().prepare_inputs_for_generation(*args, **kwargs)
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
+                                      position_ids=None, rope_deltas=None, **kwargs):
+        # Stock's named parameters (generate() looks for ``inputs_embeds`` in this signature).  Positions are derived
+        # in forward; ids passed by the caller (e.g. a collator's) would be advanced by +1 per step, which is wrong
+        # for TAD, fractional positions and prompts that end in a video.
+        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values,
+                                                     attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                                     **kwargs)
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # Beams / several return sequences: generate keeps ``position_ids=None`` (positions are derived in forward),
+        # and stock's expansion reads ``.ndim`` of every kwarg named position_ids.
+        if "position_ids" in model_kwargs and model_kwargs["position_ids"] is None:
+            del model_kwargs["position_ids"]
+        return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that also takes checkpoint files in the Hub layout, and never half-loads.

@@ -25,6 +25,7 @@ class VideoRopeQwen2_5_VLVisionAttention(FlashSafeVisionAttentionMixin, stock.Qw
 class VideoRopeQwen2_5_VLModel(VideoRopeModelMixin, stock.Qwen2_5_VLModel):
     config_class = VideoRopeQwen2_5_VLConfig
     attention_class = VideoRopeQwen2_5_VLAttention
+    stock_rope_index_args = ("second_per_grid_ts", "attention_mask")
     vision_attention_class = VideoRopeQwen2_5_VLVisionAttention
 
 
