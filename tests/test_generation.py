@@ -9,6 +9,8 @@ from videorope_train.rope import VARIANTS
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
 NEW = 3
+YARN_V = {"extrapolation": "yarn-v", "extrapolation_factor": 4.0, "original_context": 32}  # active: prompts exceed 32
+SETTINGS = [(variant, {}) for variant in VARIANTS] + [("videorope", YARN_V)]
 
 
 def expanded(inputs, copies):
@@ -28,9 +30,9 @@ def full_forward_logits(model, sequences, batch):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_beam_search_scores_equal_full_forward(hooked_dir, variant, family):
-    path = hooked_dir(variant, family=family)
+@pytest.mark.parametrize("variant, settings", SETTINGS)
+def test_beam_search_scores_equal_full_forward(hooked_dir, variant, settings, family):
+    path = hooked_dir(variant, family=family, **settings)
     model = load_hooked(path)
     inputs = make_inputs(path, MIXED)
     beams = 2
@@ -67,9 +69,9 @@ def hooked_base(path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_sampling_several_return_sequences_equal_full_forward(hooked_dir, variant, family):
-    path = hooked_dir(variant, family=family)
+@pytest.mark.parametrize("variant, settings", SETTINGS)
+def test_sampling_several_return_sequences_equal_full_forward(hooked_dir, variant, settings, family):
+    path = hooked_dir(variant, family=family, **settings)
     model = load_hooked(path)
     inputs = make_inputs(path, MIXED)
     torch.manual_seed(0)
@@ -115,3 +117,19 @@ def test_get_rope_index_takes_stock_positional_order(hooked_dir, family):
     with pytest.raises(TypeError, match="multiple values for argument 'attention_mask'"):
         model.model.get_rope_index(inputs["input_ids"], None, None, None, *middle, inputs["attention_mask"],
                                    attention_mask=inputs["attention_mask"])
+
+
+def test_dynamic_extrapolation_beams_and_samples(hooked_dir):
+    """Dynamic NTK rescales as the context grows (keys cached earlier keep their base, as in transformers), so
+    decoding is not a full forward; beams and several samples still run, and the prefill's scores are exact."""
+    path = hooked_dir("videorope", extrapolation="dynamic", extrapolation_factor=4.0, original_context=32)
+    model = load_hooked(path)
+    inputs = make_inputs(path, MIXED)
+    with torch.no_grad():
+        beams = model.generate(**inputs, num_beams=2, num_return_sequences=2, max_new_tokens=NEW,
+                               min_new_tokens=NEW, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        samples = model.generate(**inputs, do_sample=True, num_return_sequences=2, max_new_tokens=NEW,
+                                 min_new_tokens=NEW, output_logits=True, return_dict_in_generate=True)
+        prefill = model(**inputs).logits[:, -1].float()
+    assert beams.sequences.shape == samples.sequences.shape == (2 * len(MIXED), inputs["input_ids"].shape[1] + NEW)
+    torch.testing.assert_close(samples.logits[0].float(), prefill.repeat_interleave(2, 0), rtol=1e-4, atol=1e-4)
