@@ -287,3 +287,23 @@ def test_generate_ignores_caller_positions_and_names_unsupported_masks(hooked_di
             model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], **visual_kwargs(inputs))
         with pytest.raises(ValueError, match="2-D padding mask"):
             model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
+
+
+def test_checkpoints_record_their_writer_and_warn_on_other_positions(hooked_dir, tmp_path, recwarn):
+    import videorope_train
+    from videorope_train.rope import POSITIONS_VERSION
+
+    writer = {"videorope_train": videorope_train.__version__, "positions": POSITIONS_VERSION}
+    path = hooked_dir("videorope")
+    assert json.loads((path / "config.json").read_text())["videorope"]["written_by"] == writer  # prepare-model
+    load_hooked(path).save_pretrained(tmp_path / "saved")
+    config_path = tmp_path / "saved" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["videorope"]["written_by"] == writer  # every checkpoint
+    load_hooked(tmp_path / "saved")
+    assert not [w for w in recwarn if "computes positions differently" in str(w.message)]
+    config["videorope"]["written_by"] = {"videorope_train": "0.0.9", "positions": POSITIONS_VERSION + 1}
+    config_path.write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"written by videorope-train 0\.0\.9 .* computes positions differently"):
+        model = load_hooked(tmp_path / "saved")
+    assert model.rope == RopeConfig("videorope")  # the provenance record is not a setting

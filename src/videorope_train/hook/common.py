@@ -18,6 +18,7 @@ Nothing global is patched: two models with different variants can live in one pr
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -25,7 +26,10 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import is_flash_attention_requested
 
+from .. import __version__
 from ..rope import (
+    POSITIONS_VERSION,
+    PROVENANCE_KEY,
     RopeConfig,
     apply_rotary,
     frequency_axes,
@@ -56,6 +60,28 @@ def rope_config_of(config: Any) -> RopeConfig:
     return block if isinstance(block, RopeConfig) else RopeConfig.from_dict(block)
 
 
+def provenance() -> dict:
+    """What a config block records about the code that wrote it."""
+    return {"videorope_train": __version__, "positions": POSITIONS_VERSION}
+
+
+def config_block(rope: RopeConfig) -> dict:
+    """The ``videorope`` block config.json carries: the settings and who wrote them."""
+    return {**rope.to_dict(), PROVENANCE_KEY: provenance()}
+
+
+def warn_if_positions_changed(block: Any, where: str = "this model") -> None:
+    """Warn when the block was written by a videorope-train whose positions differ from the installed one's."""
+    recorded = block.get(PROVENANCE_KEY) if isinstance(block, dict) else None
+    if recorded and recorded.get("positions") != POSITIONS_VERSION:
+        warnings.warn(
+            f"{where} was written by videorope-train {recorded.get('videorope_train')} (positions version "
+            f"{recorded.get('positions')}); the installed videorope-train {__version__} computes positions "
+            f"differently (version {POSITIONS_VERSION}): the model sees other positions than it was trained with",
+            stacklevel=2,
+        )
+
+
 def _two_d_mask(attention_mask, length: int):
     """The [B, L] padding mask of the current tokens, from what transformers passes as attention_mask."""
     if attention_mask is None:
@@ -82,10 +108,13 @@ class VideoRopeConfigMixin:
         super().__post_init__(**kwargs)
         if getattr(self, CONFIG_KEY, None) is not None:  # transformers also builds a bare instance for defaults
             rope_config_of(self)  # validate early: unknown variant, bad δ, ...
+            warn_if_positions_changed(getattr(self, CONFIG_KEY))
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output["model_type"] = hooked_model_type(self.model_type)
+        if getattr(self, CONFIG_KEY, None) is not None:  # every checkpoint records the version that wrote it
+            output[CONFIG_KEY] = config_block(rope_config_of(self))
         return output
 
 

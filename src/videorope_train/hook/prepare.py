@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..rope import RopeConfig, scaled_inv_freq
 from ..data.budget import VideoBudget
-from .common import CONFIG_KEY, hooked_model_type
+from .common import CONFIG_KEY, config_block, hooked_model_type
 
 REMOTE_MODULE = "modeling_videorope"
 VIDEO_PROCESSOR_CLASS = "VideoRopeVideoProcessor"
@@ -162,7 +162,7 @@ def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: boo
         model_type=hooked_model_type(family.model_type),
         architectures=[family.model_class],
         auto_map=family.auto_map(),
-        **{CONFIG_KEY: rope.to_dict()},
+        **{CONFIG_KEY: config_block(rope)},
     )
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name, content in rewritten.items():

@@ -4,10 +4,10 @@ Pure torch (no transformers / LLaMA-Factory import; Triton only for the optional
 integrations can reuse it.
 """
 
-from .config import EXTRAPOLATIONS, VARIANTS, RopeConfig
+from .config import EXTRAPOLATIONS, PROVENANCE_KEY, VARIANTS, RopeConfig
 from .frequencies import AXIS_H, AXIS_T, AXIS_W, frequency_axes, scaled_inv_freq, yarn_ramp_bounds
 from .packing import sequence_local_positions, varlen_boundaries
-from .positions import get_rope_index
+from .positions import POSITIONS_VERSION, get_rope_index
 from .rotary import (
     ROTARY_ENV,
     apply_rotary,
@@ -24,6 +24,8 @@ __all__ = [
     "AXIS_T",
     "AXIS_W",
     "EXTRAPOLATIONS",
+    "POSITIONS_VERSION",
+    "PROVENANCE_KEY",
     "VARIANTS",
     "RopeConfig",
     "ROTARY_ENV",

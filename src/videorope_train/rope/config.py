@@ -15,6 +15,9 @@ EXTRAPOLATIONS = ("ntk", "yarn", "dynamic", "mrope++", "yarn-v")
 FORMS = ("code", "paper")
 
 
+PROVENANCE_KEY = "written_by"  # {"videorope_train": version, "positions": POSITIONS_VERSION} in a config block
+
+
 @dataclass(frozen=True)
 class RopeConfig:
     """Settings of one RoPE variant.
@@ -77,6 +80,8 @@ class RopeConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RopeConfig":
+        """The settings of a ``videorope`` config block (its ``written_by`` provenance record is not a setting)."""
+        values = {key: value for key, value in values.items() if key != PROVENANCE_KEY}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

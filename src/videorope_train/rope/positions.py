@@ -16,6 +16,10 @@ import torch
 
 from .config import RopeConfig
 
+POSITIONS_VERSION = 1
+"""Bump whenever ``get_rope_index`` gives other positions for the same RopeConfig and tokens: checkpoints record
+the version that trained them, and loading one trained under another version warns."""
+
 
 class _GridRows:
     """The rows of one ``*_grid_thw`` tensor, handed out in order."""
