@@ -155,3 +155,15 @@ def test_restarted_job_continues_the_same_wandb_run(hooked_dir, demo_dataset_dir
     assert run_ids == {second.run_id} and second.run_id.startswith("vr-")
     steps = [int(json.loads(h["train/global_step"])) for h in history if "train/loss" in h]
     assert steps == [4, 5, 6]  # the curve continues after checkpoint-3
+
+
+def test_relaunching_a_finished_run_trains_nothing(hooked_dir, demo_dataset_dir, tmp_path):
+    """A requeued / resubmitted job whose run already ended must not resume from the final checkpoint (the Trainer
+    would train a step past max_steps and overwrite the final weights)."""
+    out = tmp_path / "done"
+    assert launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, [], 29690).returncode == 0
+    final = (out / "model.safetensors").read_bytes()
+    again = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, [], 29691)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "checkpoint-6 already reached max_steps: nothing to train" in again.stderr
+    assert (out / "model.safetensors").read_bytes() == final and not (out / "checkpoint-7").exists()

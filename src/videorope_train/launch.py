@@ -156,10 +156,19 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
         checkpoint = last_checkpoint(args["output_dir"])
         if checkpoint is not None:
             extra.append(f"resume_from_checkpoint={checkpoint}")
+    finished = False
     if checkpoint is not None:
         check_resume_matches_model(Path(checkpoint), args["model_name_or_path"])
+        finished = _reached_max_steps(Path(checkpoint), args)
     return {"overrides": overrides + extra, "identity": identity, "resume": checkpoint,
-            "wandb_run_id": wandb_run_id(args["output_dir"])}
+            "wandb_run_id": wandb_run_id(args["output_dir"]), "finished": finished}
+
+
+def _reached_max_steps(checkpoint: Path, args: dict) -> bool:
+    """Whether the checkpoint is the end of the run (resuming it would train a step past max_steps)."""
+    max_steps = int(args.get("max_steps", -1) or -1)
+    state = checkpoint / "trainer_state.json"
+    return max_steps > 0 and state.is_file() and json.loads(state.read_text()).get("global_step", 0) >= max_steps
 
 
 def shell_lines(plan: dict) -> str:
@@ -172,4 +181,7 @@ def shell_lines(plan: dict) -> str:
         "export WANDB_RESUME=${WANDB_RESUME:-allow}",
         "LF_OVERRIDES=(" + " ".join(shlex.quote(item) for item in plan["overrides"]) + ")",
     ]
+    if plan.get("finished"):  # a requeued or resubmitted job whose run already ended: nothing to train
+        message = f"[videorope] {plan['resume']} already reached max_steps: nothing to train"
+        lines.append(f"echo {shlex.quote(message)} >&2; exit 0")
     return "\n".join(lines)
