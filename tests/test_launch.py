@@ -82,7 +82,19 @@ def test_plan_respects_explicit_accumulation_and_rejects_zero(hooked_dir, tmp_pa
         launch_plan(recipe, 2, 0, 128, [model])
 
 
-@pytest.mark.parametrize("stand_in", [False, True])
+def broken_flash_attn(root):
+    """A flash-attn install whose CUDA extension does not load (a wheel built for another torch)."""
+    (root / "flash_attn").mkdir(parents=True)
+    (root / "flash_attn" / "__init__.py").write_text(
+        'raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")\n')
+    (root / "flash_attn-2.8.3.dist-info").mkdir()
+    (root / "flash_attn-2.8.3.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: flash_attn\n"
+                                                                  "Version: 2.8.3\n")
+    (root / "flash_attn-2.8.3.dist-info" / "top_level.txt").write_text("flash_attn\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("stand_in", ["none", "no CUDA", "broken wheel"])
 def test_fa2_recipe_stops_before_training_without_usable_flash_attn(hooked_dir, tmp_path, stand_in):
     """A node where transformers cannot use flash-attn: LLaMA-Factory would warn and train with sdpa; the launcher
     stops with what to install, and writes nothing."""
@@ -91,12 +103,15 @@ def test_fa2_recipe_stops_before_training_without_usable_flash_attn(hooked_dir, 
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
     env.pop("FLASH_ATTN_CPU", None)
-    if stand_in:  # flash-attn installed and loadable, but no CUDA device on this machine
+    if stand_in == "no CUDA":  # flash-attn installed and loadable, but no CUDA device on this machine
         env["PYTHONPATH"] = SITE
+    elif stand_in == "broken wheel":
+        env["PYTHONPATH"] = broken_flash_attn(tmp_path / "site")
     result = subprocess.run([str(BIN / "videorope-train"), "launch-plan", "recipes/videorope_sft.yaml",
                              f"model_name_or_path={hooked_dir('videorope')}", f"output_dir={out}"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
-    reason = "needs a visible CUDA device" if stand_in else "flash-attn is not installed"
+    reason = {"none": "flash-attn is not installed", "no CUDA": "needs a visible CUDA device",
+              "broken wheel": "flash-attn 2.8.3 does not load with torch"}[stand_in]
     assert reason in result.stderr and "pip install flash-attn==2.8.3" in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not out.exists()
