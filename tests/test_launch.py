@@ -115,3 +115,21 @@ def test_fa2_recipe_stops_before_training_without_usable_flash_attn(hooked_dir, 
               "broken wheel": "flash-attn 2.8.3 does not load with torch"}[stand_in]
     assert reason in result.stderr and "pip install flash-attn==2.8.3" in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_plan_adds_the_stop_callback_and_consumes_the_previous_request(hooked_dir, tmp_path, flash_attn_cpu):
+    """report_to gains graceful_stop's callback (the recipe's loggers kept); a stop request left by the job that
+    stopped on it is removed, or the resumed job would stop again at its first step."""
+    from videorope_train.launch import STOP_FILE, shell_lines
+
+    model = f"model_name_or_path={hooked_dir('videorope')}"
+    plan = launch_plan(REPO / "recipes" / "videorope_sft.yaml", 1, 8, 128, [model, f"output_dir={tmp_path}"])
+    assert [o for o in plan["overrides"] if o.startswith("report_to")] == ["report_to=[wandb,videorope_stop]"]
+    tiny = REPO / "recipes" / "tiny_cpu_sft.yaml"  # report_to: none
+    (tmp_path / STOP_FILE).touch()
+    plan = launch_plan(tiny, 1, 1, None, [model, f"output_dir={tmp_path}"])
+    assert [o for o in plan["overrides"] if o.startswith("report_to")] == ["report_to=[videorope_stop]"]
+    assert not (tmp_path / STOP_FILE).exists()
+    assert f"STOP_FILE={tmp_path.resolve() / STOP_FILE}" in shell_lines(plan).splitlines()
+    plan = launch_plan(tiny, 1, 1, None, [model, f"output_dir={tmp_path}", "report_to=[tensorboard,wandb]"])
+    assert plan["overrides"][-1] == "report_to=[tensorboard,wandb,videorope_stop]"

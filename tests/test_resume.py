@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,28 @@ def stopped_after(reference, step, target):
     return target
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(hooked_dir, demo_dataset_dir, tmp_path_factory):
+    """uninterrupted(mode): the output dir of that mode's uninterrupted 6-step run (run once per module)."""
+    runs = {}
+
+    def run(mode):
+        if mode not in runs:
+            processes, overrides, _ = MODES[mode]
+            reference = tmp_path_factory.mktemp("uninterrupted")
+            result = launch(hooked_dir("videorope"), demo_dataset_dir, reference, processes, overrides, PORTS[mode])
+            assert result.returncode == 0, result.stderr[-5000:]
+            runs[mode] = reference
+        return runs[mode]
+
+    return run
+
+
 @pytest.mark.parametrize("mode", list(MODES))
-def test_restarted_run_equals_uninterrupted(hooked_dir, demo_dataset_dir, tmp_path, mode):
+def test_restarted_run_equals_uninterrupted(hooked_dir, demo_dataset_dir, tmp_path, uninterrupted, mode):
     processes, overrides, weights_file = MODES[mode]
     model_dir = hooked_dir("videorope")
-    reference = tmp_path / "uninterrupted"
-    result = launch(model_dir, demo_dataset_dir, reference, processes, overrides, PORTS[mode])
-    assert result.returncode == 0, result.stderr[-5000:]
+    reference = uninterrupted(mode)
     restarted = stopped_after(reference, 3, tmp_path / "restarted")
     result = launch(model_dir, demo_dataset_dir, restarted, processes, overrides, PORTS[mode])
     assert result.returncode == 0, result.stderr[-5000:]
@@ -75,6 +91,51 @@ def test_restarted_run_equals_uninterrupted(hooked_dir, demo_dataset_dir, tmp_pa
     assert worst <= 1e-6, f"{mode}: final weights differ by {worst}"
     base = load_file(reference / "checkpoint-3" / weights_file)
     assert any(not torch.equal(base[k], want[k]) for k in want)  # steps 4-6 really changed the weights
+
+
+def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked_dir, demo_dataset_dir, tmp_path,
+                                                                           uninterrupted):
+    """ZeRO-3 on 2 processes (where ranks stopping at different steps would hang in mismatched collectives): the
+    stop request arrives while both ranks are at step 4 (no periodic checkpoint there: save_steps=3). Both save
+    checkpoint-4 and exit 0 without writing a final model; the relaunch resumes from step 4 and ends equal to the
+    uninterrupted run."""
+    from conftest import SITE
+
+    from videorope_train.launch import stop_file
+
+    processes, overrides, weights_file = MODES["ZeRO-3"]
+    reference = uninterrupted("ZeRO-3")
+    out = tmp_path / "stopped"
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", SKIP_DATA_CHECK="1",
+               MASTER_PORT="29640", PYTHONPATH=SITE, VIDEOROPE_HOLD_AT_STEP="4")
+    command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", str(processes),
+               f"model_name_or_path={hooked_dir('videorope')}", f"dataset_dir={demo_dataset_dir}",
+               f"output_dir={out}", "save_steps=3", "per_device_train_batch_size=1", "max_steps=6", *overrides]
+    job = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not all((out / f"held-at-step-4.{rank}").exists() for rank in range(processes)):
+            assert job.poll() is None, job.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, "training never reached step 4"
+            time.sleep(0.5)
+        stop_file(out).touch()
+        text, _ = job.communicate(timeout=600)
+    finally:
+        job.kill()
+    assert job.returncode == 0, text[-5000:]
+    assert "stop requested: saving checkpoint-4" in text and "checkpoint-4 saved: exiting on the stop request" in text
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    assert (out / "checkpoint-4" / "trainer_state.json").is_file()
+    assert not stop_file(out).exists()  # the request is consumed
+    assert not (out / weights_file).exists()  # the unfinished run wrote no final model
+    assert sorted(loss_history(out / "checkpoint-4")) == [1, 2, 3, 4]
+    result = launch(hooked_dir("videorope"), demo_dataset_dir, out, processes, overrides, 29641)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "checkpoint-4" in result.stderr + result.stdout
+    assert loss_history(out) == pytest.approx(loss_history(reference), abs=1e-6)
+    assert sorted(loss_history(out)) == list(range(1, 7))
+    want, got = load_file(reference / weights_file), load_file(out / weights_file)
+    assert max((want[k].float() - got[k].float()).abs().max().item() for k in want) <= 1e-6
 
 
 def test_checkpoint_that_does_not_load_is_refused(hooked_dir, demo_dataset_dir, tmp_path):

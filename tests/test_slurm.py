@@ -129,16 +129,16 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _submit(cluster, tmp_path, name, overrides, via_submit_script=False):
+def _submit(cluster, tmp_path, name, overrides, via_submit_script=False, extra_env=None):
     """sbatch train.sbatch directly, or through scripts/slurm/submit.sh (which checks the data first)."""
-    env = dict(cluster.env, RECIPE="recipes/tiny_cpu_sft.yaml", GPUS_PER_NODE="1", GLOBAL_BATCH="2",
+    env = dict(cluster.env, **(extra_env or {}), RECIPE="recipes/tiny_cpu_sft.yaml", GPUS_PER_NODE="1", GLOBAL_BATCH="2",
                PATH=f"{BIN}:{cluster.env['PATH']}", HF_HUB_OFFLINE="1", MASTER_PORT=str(_free_ports(1)[0]),
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", DATA_CHECK_DIR=str(tmp_path / f"{name}-check"),
                NO_GPU_GRES="1")
     if (VENV / "bin" / "activate").is_file():
         env["VENV"] = str(VENV)
     flags = ["--parsable", f"--job-name={name}", "--ntasks-per-node=1", f"--output={tmp_path}/%x-%j.out",
-             f"--chdir={REPO}", "--export=ALL", "--time=10"]
+             f"--chdir={REPO}", "--export=ALL", "--time=30"]  # > train.sbatch's stop lead
     if via_submit_script:
         command = ["bash", str(REPO / "scripts" / "slurm" / "submit.sh"), "recipes/tiny_cpu_sft.yaml", "2", "1",
                    *flags, "--", *overrides]
@@ -265,3 +265,51 @@ def test_dead_rank_fails_the_job_fast(cluster, hooked_dir, demo_dataset_dir, tmp
         assert re.search(rf"STEP {job_id}\.0 ON node1 CANCELLED|node1: task 0: Terminated", text), text[-6000:]
     time.sleep(1)
     assert not _job_processes(cluster, job_id), "processes of the failed job are still running"
+
+
+def test_stop_signal_checkpoints_requeues_and_resumes(cluster, hooked_dir, demo_dataset_dir, tmp_path):
+    """What Slurm sends before a time limit (train.sbatch: --signal=B:USR1@600), sent by hand to the batch shell
+    while both ranks are at step 3: both nodes save checkpoint-3 (save_steps is 1000, so only the stop writes one)
+    and exit, the job requeues itself, comes back (restart 1), resumes from step 3 and completes; its losses and
+    final weights equal an uninterrupted two-node run's. ZeRO-3, as the authors' recipe (plain DDP cannot resume on
+    CPU at all: transformers loads the optimizer state with map_location=cpu:0, which torch.load rejects)."""
+    from conftest import SITE
+    from safetensors.torch import load_file
+
+    zero3 = ["deepspeed=recipes/deepspeed/ds_z3_config.json"]
+    reference = tmp_path / "uninterrupted"
+    ref_id, ref_log, _ = _submit(cluster, tmp_path, "videorope-ref",
+                                 _overrides(hooked_dir, demo_dataset_dir, reference, 6) + zero3)
+    info = cluster.wait(ref_id, timeout=480)
+    assert info["JobState"] == "COMPLETED", f"{info}\n{ref_log.read_text(errors='replace')[-6000:]}"
+
+    out = tmp_path / "out"
+    job_id, log, _ = _submit(cluster, tmp_path, "videorope-stop",
+                             _overrides(hooked_dir, demo_dataset_dir, out, 6) + zero3, extra_env={"PYTHONPATH": SITE, "VIDEOROPE_HOLD_AT_STEP": "3"})
+    deadline = time.monotonic() + 480
+    while not all((out / f"held-at-step-3.{rank}").exists() for rank in (0, 1)):  # both ranks wait at step 3
+        info = cluster.job(job_id)
+        assert info["JobState"] in ACTIVE and time.monotonic() < deadline, \
+            f"{info['JobState']}: never reached step 3\n{log.read_text(errors='replace')[-6000:] if log.exists() else ''}"
+        time.sleep(0.5)
+    signalled = cluster.run("scancel", "--batch", "--signal=USR1", job_id)
+    assert signalled.returncode == 0, signalled.stderr
+    info = cluster.wait(job_id, timeout=600)
+    text = log.read_text(errors="replace")
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", f"{info}\n{text[-8000:]}\n{cluster.logs()}"
+    assert "SIGUSR1: checkpoint at the next step, then requeue" in text
+    assert "stop requested: saving checkpoint-3" in text and "stopped on request, requeueing" in text
+    assert f"job {job_id} restart 1:" in text and f"resume_from_checkpoint={out / 'checkpoint-3'}" in text
+    finals = sorted(p.name for p in reference.glob("checkpoint-*"))  # the Trainer's own end-of-run checkpoint
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == sorted(["checkpoint-3", *finals])
+
+    def losses(run):
+        state = json.loads((run / "trainer_state.json").read_text())
+        return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+    assert sorted(losses(out)) == list(range(1, 7))
+    assert losses(out) == pytest.approx(losses(reference), abs=1e-6)
+    want, got = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-6
+    time.sleep(1)
+    assert not _job_processes(cluster, job_id), "processes of the job are still running"

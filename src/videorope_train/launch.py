@@ -19,6 +19,13 @@ import yaml
 
 from .rope import RopeConfig
 
+STOP_FILE = "videorope-stop-requested"  # graceful_stop.py: training checkpoints and exits when it appears
+STOP_REPORT_TO = "videorope_stop"  # the report_to name of graceful_stop's callback
+
+
+def stop_file(output_dir: str | Path) -> Path:
+    return Path(output_dir) / STOP_FILE
+
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict:
     """The recipe's keys with ``key=value`` overrides applied (values parsed as YAML scalars)."""
@@ -128,6 +135,21 @@ def wandb_run_id(output_dir: str | Path) -> str:
     return "vr-" + hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def with_stop_callback(report_to) -> list[str]:
+    """A recipe's ``report_to`` with the stop callback added (``none``/empty -> only it)."""
+    if report_to in (None, "none", ["none"], []):
+        names = []
+    elif isinstance(report_to, str):
+        names = [report_to]
+    else:
+        names = list(report_to)
+    if "all" in names:  # transformers expands "all" only when it stands alone
+        from transformers.integrations import get_available_reporting_integrations
+
+        names = get_available_reporting_integrations()
+    return names if STOP_REPORT_TO in names else names + [STOP_REPORT_TO]
+
+
 def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch: Optional[int] = None,
                 overrides: Iterable[str] = ()) -> dict:
     if nodes < 1 or gpus_per_node < 1:
@@ -148,6 +170,12 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
     identity = run_identity(args)
     if "run_name" not in overridden:
         extra.append(f"run_name={identity['name']}")
+    # graceful_stop's callback; the flow-style list is what LLaMA-Factory's override parser reads as a list
+    extra.append("report_to=[" + ",".join(with_stop_callback(args.get("report_to"))) + "]")
+    stale = stop_file(args["output_dir"])
+    if stale.exists():  # the request that stopped the previous job: this one must not stop at its first step
+        stale.unlink()
+        print(f"[videorope] removed the previous job's {stale.name}", file=sys.stderr)
     for path, target in set_aside_incomplete(args["output_dir"]):
         print(f"[videorope] {path.name} is half-written (a job died saving it): set aside as {target.name}",
               file=sys.stderr)
@@ -161,7 +189,8 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
         check_resume_matches_model(Path(checkpoint), args["model_name_or_path"])
         finished = _reached_max_steps(Path(checkpoint), args)
     return {"overrides": overrides + extra, "identity": identity, "resume": checkpoint,
-            "wandb_run_id": wandb_run_id(args["output_dir"]), "finished": finished}
+            "wandb_run_id": wandb_run_id(args["output_dir"]), "finished": finished,
+            "stop_file": str(stop_file(Path(args["output_dir"]).resolve()))}
 
 
 def _reached_max_steps(checkpoint: Path, args: dict) -> bool:
@@ -179,6 +208,7 @@ def shell_lines(plan: dict) -> str:
         "export WANDB_PROJECT=${WANDB_PROJECT:-videorope}",
         f"export WANDB_RUN_ID=${{WANDB_RUN_ID:-{plan['wandb_run_id']}}}",  # a restart continues the same W&B run
         "export WANDB_RESUME=${WANDB_RESUME:-allow}",
+        f"STOP_FILE={shlex.quote(plan['stop_file'])}",  # create it to checkpoint at the next step and exit
         "LF_OVERRIDES=(" + " ".join(shlex.quote(item) for item in plan["overrides"]) + ")",
     ]
     if plan.get("finished"):  # a requeued or resubmitted job whose run already ended: nothing to train

@@ -3,6 +3,8 @@
 FLASH_ATTN_CPU=1              transformers accepts the flash_attn stand-in beside this file on CPU
 VIDEOROPE_RECORD_POSITIONS=D  the positions the rotary consumes are saved under D (position_recorder.py)
 VIDEOROPE_DIE_SAVING_STEP=N   the process dies in the middle of writing checkpoint-N
+VIDEOROPE_HOLD_AT_STEP=N      at the end of step N every rank writes <output_dir>/held-at-step-N.<rank> and waits
+                              (up to 10 min) for the stop request, so a test stops the run at exactly step N
 """
 
 import os
@@ -46,3 +48,25 @@ if os.environ.get("VIDEOROPE_DIE_SAVING_STEP"):  # a job killed while writing ch
         return _save_rng_state(self, output_dir)
 
     Trainer._save_rng_state = _die_mid_save
+
+if os.environ.get("VIDEOROPE_HOLD_AT_STEP"):  # stop on request at a known step (test_resume.py, test_slurm.py)
+    import contextlib
+    import sys
+    import time
+
+    with contextlib.redirect_stdout(sys.stderr):
+        from videorope_train import graceful_stop
+
+    _on_step_end = graceful_stop.StopOnRequestCallback.on_step_end
+
+    def _hold(self, args, state, control, _step=int(os.environ["VIDEOROPE_HOLD_AT_STEP"]), **kwargs):
+        if state.global_step == _step:
+            rank = os.environ.get("RANK", "0")
+            with open(os.path.join(args.output_dir, f"held-at-step-{_step}.{rank}"), "w"):
+                pass
+            deadline = time.monotonic() + 600
+            while not graceful_stop.stop_file(args.output_dir).exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return _on_step_end(self, args, state, control, **kwargs)
+
+    graceful_stop.StopOnRequestCallback.on_step_end = _hold

@@ -35,6 +35,10 @@ def check_versions() -> None:
 
 check_versions()
 
+from .. import graceful_stop  # noqa: E402
+
+graceful_stop.register()  # `report_to: [..., videorope_stop]` (added by the launchers) names its callback
+
 from .common import CONFIG_KEY, rope_config_of  # noqa: E402
 from .qwen2_5_vl import (  # noqa: E402
     VideoRopeQwen2_5_VLConfig,
