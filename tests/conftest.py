@@ -6,7 +6,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")  # test-only start-up for subprocesses

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from videorope_train.data.budget import TOKEN_PIXELS, VideoBudget
 from videorope_train.data.demo import write_video
