@@ -6,7 +6,15 @@ TINY := work_dirs/tiny-qwen2vl
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test clean
+# The support window's high end (hook/__init__.py SUPPORTED): LLaMA-Factory 0.9.5 caps transformers at 5.6.0, so
+# only the in-process hook and RoPE tests run against the newest release, installed beside the pinned set (a
+# directory put first on PYTHONPATH) instead of replacing it.
+NEWEST_TRANSFORMERS := 5.8.0
+NEWEST := $(abspath work_dirs/transformers-$(NEWEST_TRANSFORMERS))
+HOOK_TESTS := tests/test_hook.py tests/test_generation.py tests/test_contracts.py tests/test_flash_attention.py \
+	tests/test_rope_frequencies.py tests/test_rope_positions.py tests/test_rope_packing.py tests/test_fused_rotary.py
+
+.PHONY: setup demo test test-newest clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +34,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-newest
+
+test-newest: setup $(NEWEST)/.installed
+	PYTHONPATH=$(NEWEST) $(BIN)/python -c 'import transformers as t; assert t.__version__ == "$(NEWEST_TRANSFORMERS)", t.__file__'
+	PYTHONPATH=$(NEWEST) $(BIN)/python -m pytest -q -p no:cacheprovider $(HOOK_TESTS)
+
+$(NEWEST)/.installed:
+	$(BIN)/pip install --no-deps --target $(NEWEST) transformers==$(NEWEST_TRANSFORMERS)
+	touch $@
 
 clean:
 	rm -rf work_dirs data/videorope_demo data/videorope_demo.json

@@ -38,3 +38,20 @@ def test_stock_code_is_the_pinned_one(name, current):
     assert current[name]["source_sha256"] == pinned["source_sha256"], (
         f"{name}: source changed in transformers {transformers.__version__}; the hook copies or overrides it "
         f"(see videorope_train/hook/contracts.py): check it, adapt the hook, re-pin")
+
+
+def test_the_support_window_is_pinned_end_to_end():
+    """Every pinned release lies inside the import gate's window; its low end and the release CI tests as the high
+    end (`make test-newest`) are both pinned, the high end being the newest."""
+    import re
+
+    from packaging.version import Version
+
+    from videorope_train.hook import SUPPORTED
+
+    low, first_unsupported = (Version(v) for v in SUPPORTED["transformers"])
+    pinned = sorted(Version(path.stem.split("-", 1)[1]) for path in PINNED.parent.glob("transformers-*.json"))
+    newest = Version(re.search(r"^NEWEST_TRANSFORMERS := (\S+)$", (PINNED.parents[2] / "Makefile").read_text(),
+                               re.M).group(1))
+    assert pinned[0] == low and pinned[-1] == newest, pinned
+    assert all(low <= version < first_unsupported for version in pinned), pinned

@@ -9,9 +9,12 @@ from importlib import metadata
 from packaging.version import Version
 
 SUPPORTED = {
-    # package: (lowest tested, first unsupported)
-    "transformers": ("5.6.0", "5.7.0"),
-    "llamafactory": ("0.9.5", "0.9.6"),
+    # package: (lowest supported, first unsupported)
+    # transformers: 5.6.0 is the newest LLaMA-Factory 0.9.5 (the registry's) accepts (its flash-attention crash is
+    # guarded in compat.py); 5.8.0 the newest LLaMA-Factory's main branch accepts. Every release in between is pinned
+    # in tests/contracts/; CI runs the hook and RoPE tests at both ends.
+    "transformers": ("5.6.0", "5.8.1"),
+    "llamafactory": ("0.9.5", "0.9.6"),  # 0.9.5, or the main branch (0.9.6.devN)
 }
 
 
