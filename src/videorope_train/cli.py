@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--video-min-frame-pixels", type=int, default=4 * 28 * 28)
     _add_rope_arguments(prepare)
 
+    base = commands.add_parser("make-base", help="the papers' start: a Qwen2-VL vision tower on a Qwen2 language model")
+    base.add_argument("--vision", required=True, help="stock Qwen2-VL / Qwen2.5-VL directory (its vision tower, merger, "
+                                                      "processor and tokenizer are kept), e.g. Qwen2-VL-7B-Instruct")
+    base.add_argument("--language", required=True, help="Qwen2-family causal LM directory, e.g. Qwen2-7B (the authors')")
+    base.add_argument("--out", required=True, help="where to write the joined model (then: prepare-model --base OUT)")
+
     tiny = commands.add_parser("make-tiny-model", help="write a random tiny Qwen2-VL (offline)")
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
@@ -118,6 +124,10 @@ def main(argv=None) -> int:
                 budget = VideoBudget(args.video_total_pixels, args.video_max_frame_pixels, args.video_min_frame_pixels)
             out = prepare_model(args.base, args.out, _rope_from_args(args), copy=args.copy, video_budget=budget)
             print(f"hooked model written to {out}")
+        elif args.command == "make-base":
+            from .base import make_base
+
+            print(f"joined model written to {make_base(args.vision, args.language, args.out)}")
         elif args.command == "make-tiny-model":
             from .tiny import make_tiny_model
 
