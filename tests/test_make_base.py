@@ -98,3 +98,24 @@ def test_tied_donor_and_bad_pairs_are_handled(tmp_path):
         make_base(vl, vl, tmp_path / "no")
     with pytest.raises(FileExistsError, match="not empty"):
         make_base(vl, tied, out)
+
+
+def test_stock_class_on_a_hooked_checkpoint_is_the_documented_failure(hooked_dir, tmp_path):
+    """README, "Loading a checkpoint": the stock class cannot read a hooked checkpoint (its key conversion is keyed by
+    model_type, and it would apply M-RoPE anyway): every language weight is reported MISSING and left random. The
+    right call — the checkpoint's own remote code — gives back the saved model exactly."""
+    from transformers import AutoModelForImageTextToText, Qwen2VLForConditionalGeneration
+
+    trained = AutoModelForImageTextToText.from_pretrained(hooked_dir("videorope"), trust_remote_code=True).eval()
+    with torch.no_grad():
+        for parameter in trained.parameters():  # "training": weights no base model has
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    trained.save_pretrained(tmp_path / "checkpoint")
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    stock, info = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "checkpoint", output_loading_info=True)
+    assert any(key.startswith("model.language_model.layers.0.") for key in info["missing_keys"]), info
+    right = AutoModelForImageTextToText.from_pretrained(tmp_path / "checkpoint", trust_remote_code=True).eval()
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        assert torch.equal(right(input_ids=ids).logits, want)
+        assert not torch.allclose(stock.eval()(input_ids=ids).logits, want, atol=1e-3)
