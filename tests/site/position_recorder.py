@@ -14,6 +14,7 @@ import torch
 
 _current = threading.local()
 _counter = itertools.count()
+_EVAL = os.environ.get("VIDEOROPE_RECORD_EVAL") == "1"  # also inference forwards (lmms-eval test)
 
 
 def install(directory: str) -> None:
@@ -33,7 +34,7 @@ def install(directory: str) -> None:
 
     def rotary(self, x, position_ids):
         inputs = getattr(_current, "inputs", None)
-        if self.training and inputs is not None:
+        if (self.training or _EVAL) and inputs is not None:
             record = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in inputs.items()}
             record.update(rotary_position_ids=position_ids.detach().cpu(), compute_dtype=str(x.dtype))
             torch.save(record, out / f"step-{os.getpid()}-{next(_counter)}.pt")

@@ -1,0 +1,185 @@
+"""lmms-eval backend for hooked checkpoints: ``python -m lmms_eval --model videorope --model_args pretrained=DIR``.
+
+Registered through the entry point ``lmms_eval.models`` -> ``videorope`` (pyproject.toml, ``lmms_entry.py``). The checkpoint loads
+through its own remote code (``load_model``), so its RoPE variant, δ and extrapolation (YaRN-V, ...) are the ones
+used; lmms-eval's own ``qwen2_vl`` model would load it with the stock class and random weights (README).
+
+Video input follows the authors' evaluation (their ``eval/model_*_qwen2_vl.py``): frames at 2 fps (at most 768,
+an even count, at least 4), a per-video pixel budget ``total_pixels = (context − 512) · 28 · 28`` shared by the
+frames, each frame between 144 and 768 tokens' worth of pixels, greedy decoding. ``context=8k|16k|32k|64k`` picks
+the papers' four settings (8192, 16384, 32768, 64000 tokens); ``frames``, ``fps``, ``total_pixels``,
+``min_frame_pixels`` and ``max_frame_pixels`` override single values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+
+from ..data.budget import TOKEN_PIXELS, VideoBudget
+from .data import probe_video, read_frames, sample_times
+
+CONTEXTS = {"8k": 8192, "16k": 16384, "32k": 32768, "64k": 64000}  # the papers' evaluation contexts
+TEXT_RESERVE = 512  # tokens the authors keep for text: total_pixels = (context - 512) * 28 * 28
+FPS, MIN_FRAMES, MAX_FRAMES = 2.0, 4, 768  # qwen_vl_utils' defaults, which the authors' scripts use
+MIN_FRAME_TOKENS, MAX_FRAME_TOKENS = 144, 768
+
+
+def video_budget(context: int | str, total_pixels: Optional[int] = None, min_frame_pixels: Optional[int] = None,
+                 max_frame_pixels: Optional[int] = None) -> VideoBudget:
+    """The authors' per-video budget for an evaluation context (tokens, or 8k/16k/32k/64k)."""
+    tokens = CONTEXTS.get(str(context)) or int(context)
+    if tokens <= TEXT_RESERVE:
+        raise ValueError(f"context {context} leaves no room for video (the text keeps {TEXT_RESERVE} tokens)")
+    return VideoBudget(total_pixels=int(total_pixels or (tokens - TEXT_RESERVE) * TOKEN_PIXELS),
+                       max_frame_pixels=int(max_frame_pixels or MAX_FRAME_TOKENS * TOKEN_PIXELS),
+                       min_frame_pixels=int(min_frame_pixels or MIN_FRAME_TOKENS * TOKEN_PIXELS))
+
+
+def frame_count(duration: float, available: int, fps: float = FPS, frames: Optional[int] = None) -> int:
+    """Frames to sample: ``frames`` if given, else ``fps`` · duration within [4, min(768, frames in the video)],
+    rounded to an even count (two frames make one temporal patch)."""
+    if frames is None:
+        frames = round(duration * fps)
+        frames = max(MIN_FRAMES, min(frames, MAX_FRAMES, max(available, MIN_FRAMES)))
+    frames = max(2, int(frames))
+    return frames + frames % 2
+
+
+def frame_size(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = 28) -> Tuple[int, int]:
+    """(H, W) multiples of ``factor`` with the aspect ratio kept and the area within [min_pixels, max_pixels]
+    (Qwen2-VL's smart resize)."""
+    if min(height, width) <= 0:
+        raise ValueError(f"frame size {height}x{width} is empty")
+    new_h, new_w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if new_h * new_w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        new_h = max(factor, math.floor(height / beta / factor) * factor)
+        new_w = max(factor, math.floor(width / beta / factor) * factor)
+    elif new_h * new_w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_h, new_w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return new_h, new_w
+
+
+def video_frames(path: str, budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None) -> torch.Tensor:
+    """uint8 [T, 3, H, W] frames of ``path`` as the authors' evaluation feeds them."""
+    import av
+
+    info = probe_video(path)
+    count = frame_count(info.duration, info.frames, fps, frames)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        height, width = stream.codec_context.height, stream.codec_context.width
+    limit = budget.frame_max_pixels(count)
+    size = frame_size(height, width, min(budget.min_frame_pixels, limit), limit)
+    times, _ = sample_times(info, count)
+    return torch.from_numpy(read_frames(path, times, size)).permute(0, 3, 1, 2).contiguous()
+
+
+def _lmms_base():
+    from lmms_eval.api.model import lmms
+
+    return lmms
+
+
+class VideoRope(_lmms_base()):
+    """A hooked Qwen2-VL / Qwen2.5-VL checkpoint in lmms-eval (generation tasks; one sample at a time)."""
+
+    is_simple = True
+
+    def __init__(self, pretrained: str, context: str = "8k", frames: Optional[int] = None, fps: float = FPS,
+                 total_pixels: Optional[int] = None, min_frame_pixels: Optional[int] = None,
+                 max_frame_pixels: Optional[int] = None, device: Optional[str] = None, dtype: str = "auto",
+                 attn_implementation: Optional[str] = None, batch_size: int | str = 1,
+                 system_prompt: Optional[str] = None, max_new_tokens: int = 128, **unused) -> None:
+        super().__init__()
+        if unused:
+            raise ValueError(f"videorope: unknown model_args {sorted(unused)}; known: pretrained, context, frames, "
+                             "fps, total_pixels, min_frame_pixels, max_frame_pixels, device, dtype, "
+                             "attn_implementation, system_prompt, max_new_tokens")
+        if int(batch_size) != 1:
+            raise ValueError("videorope: batch_size must be 1 (long videos; one sample fills the context)")
+        from .vniah import load_model
+
+        self.loaded = load_model(pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        self.budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)
+        self.frames, self.fps = (int(frames) if frames else None), float(fps)
+        self.system_prompt, self.max_new_tokens = system_prompt, int(max_new_tokens)
+
+    # what lmms-eval reads
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return 1
+
+    @property
+    def device(self):
+        return self.loaded.input_device
+
+    @property
+    def rope(self):
+        return self.loaded.rope
+
+    def loglikelihood(self, requests) -> List[Tuple[float, bool]]:
+        raise NotImplementedError("videorope: loglikelihood tasks are not supported (the papers' are generation)")
+
+    def generate_until_multi_round(self, requests) -> List[str]:
+        raise NotImplementedError("videorope: multi-round tasks are not supported")
+
+    def _inputs(self, context: str, visuals: list):
+        processor = self.loaded.processor
+        content, videos, images = [], [], []
+        for visual in visuals:
+            if isinstance(visual, str):  # a video file
+                videos.append(video_frames(visual, self.budget, self.fps, self.frames))
+                content.append({"type": "video"})
+            else:  # a PIL image
+                images.append(visual)
+                content.append({"type": "image"})
+        content.append({"type": "text", "text": context})
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
+            {"role": "user", "content": content}]
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        kwargs = {"text": [prompt], "return_tensors": "pt"}
+        if videos:  # frames are already at their final size (multiples of 28): no second resize
+            kwargs.update(videos=videos, videos_kwargs={"do_resize": False, "do_sample_frames": False})
+        if images:
+            kwargs["images"] = images
+        return processor(**kwargs).to(self.device)
+
+    def generate_until(self, requests) -> List[str]:
+        from tqdm import tqdm
+
+        results = []
+        for request in tqdm(requests, disable=self.rank != 0, desc="videorope"):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+            visuals = [v for item in visuals for v in (item if isinstance(item, list) else [item])]
+            gen_kwargs = dict(gen_kwargs or {})
+            until = gen_kwargs.pop("until", None)
+            until = [until] if isinstance(until, str) else list(until or [])
+            inputs = self._inputs(context, visuals)
+            temperature = float(gen_kwargs.get("temperature", 0) or 0)
+            generate = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+                        "do_sample": temperature > 0, "num_beams": int(gen_kwargs.get("num_beams", 1) or 1)}
+            if temperature > 0:
+                generate.update(temperature=temperature, top_p=float(gen_kwargs.get("top_p", 1.0) or 1.0))
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **generate, pad_token_id=self.tokenizer.pad_token_id)
+            text = self.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            for stop in until:
+                if stop:
+                    text = text.split(stop)[0]
+            results.append(text)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return results

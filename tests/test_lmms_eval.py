@@ -1,0 +1,119 @@
+"""The lmms-eval backend: `python -m lmms_eval --model videorope` (lmms-eval's real CLI) on a hooked tiny model.
+
+A local multiple-choice task in lmms-eval's task format over synthetic mp4s (tests/lmms_task), run through the
+entry point the package registers. Checked: the score file holds the task's metric over every sample; the
+positions the model used (captured where the rotary consumes them) are the checkpoint's own variant's, token by
+token against tests/rope_reference.py; the video went in as the authors' evaluation feeds it (2 fps, even frame
+count, frames a multiple of 28 within the per-frame budget).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SITE
+from rope_reference import IMG, VID, reference_positions
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TASK = """task: videorope_synth_mcq
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 4
+  temperature: 0
+  do_sample: false
+process_results: !function utils.process_results
+metric_list:
+  - metric: accuracy
+    aggregation: !function utils.aggregate
+    higher_is_better: true
+metadata:
+  - version: 0.0
+"""
+
+
+def test_frame_sampling_follows_the_authors_settings():
+    from videorope_train.eval.lmms import frame_count, frame_size, video_budget
+
+    assert video_budget("8k").total_pixels == (8192 - 512) * 28 * 28
+    assert video_budget("64k").max_tokens == 64000 - 512
+    assert frame_count(duration=10.0, available=250) == 20  # 2 fps
+    assert frame_count(duration=1000.0, available=25000) == 768  # capped
+    assert frame_count(duration=0.5, available=12) == 4  # at least 4
+    assert frame_count(duration=3.0, available=90, frames=7) == 8  # even
+    height, width = frame_size(480, 640, 144 * 784, 768 * 784)
+    assert height % 28 == 0 and width % 28 == 0 and height * width <= 768 * 784
+    assert abs(width / height - 640 / 480) < 0.1
+    with pytest.raises(ValueError, match="leaves no room"):
+        video_budget(400)
+
+
+def test_lmms_eval_cli_scores_a_local_task_with_the_checkpoints_positions(hooked_dir, tmp_path):
+    from videorope_train.data.demo import write_video
+
+    model_dir = hooked_dir("videorope", temporal_stride=2.0)
+    docs = []
+    for index in range(3):
+        video = write_video(tmp_path / "videos" / f"clip_{index}.mp4", frames=6 + 2 * index, width=56 * (index + 1),
+                            height=56, fps=2, seed=index)
+        docs.append({"id": index, "video": str(video), "question": f"Which colour is clip {index}?",
+                     "options": ["red", "green", "blue", "white"], "answer": "ABCD"[index % 4]})
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    (task_dir / "utils.py").write_text((REPO / "tests" / "lmms_task" / "utils.py").read_text())
+    (task_dir / "videorope_synth_mcq.yaml").write_text(TASK.format(docs=tmp_path / "docs.jsonl"))
+    record = tmp_path / "positions"
+    env = dict(os.environ, PYTHONPATH=SITE, VIDEOROPE_RECORD_POSITIONS=str(record), VIDEOROPE_RECORD_EVAL="1",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    command = [str(BIN / "python"), "-m", "lmms_eval", "--model", "videorope",
+               "--model_args", f"pretrained={model_dir},context=8k,max_new_tokens=4", "--tasks", "videorope_synth_mcq",
+               "--include_path", str(task_dir), "--batch_size", "1", "--device", "cpu",
+               "--output_path", str(tmp_path / "results"), "--log_samples"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+
+    scores = [json.loads(path.read_text()) for path in (tmp_path / "results").rglob("*_results.json")]
+    assert len(scores) == 1, list((tmp_path / "results").rglob("*"))
+    task = scores[0]["results"]["videorope_synth_mcq"]
+    accuracy = task["accuracy,none"]
+    assert 0.0 <= accuracy <= 100.0 and scores[0]["n-samples"]["videorope_synth_mcq"]["effective"] == 3
+    samples = [json.loads(line) for path in (tmp_path / "results").rglob("*samples_videorope_synth_mcq*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert len(samples) == 3
+    assert accuracy == pytest.approx(100.0 * sum(s["accuracy"]["correct"] for s in samples) / 3)
+
+    config = json.loads((model_dir / "config.json").read_text())
+    merge = config["vision_config"]["spatial_merge_size"]
+    prefills = [batch for batch in map(torch.load, sorted(record.glob("step-*.pt")))
+                if batch["input_ids"].shape[1] > 1]  # the prompt's forward, not the decoding steps
+    assert len(prefills) == 3
+    videos_seen = set()
+    for batch in prefills:
+        grid = batch["video_grid_thw"]
+        assert grid is not None and grid.shape[0] == 1
+        t, h, w = grid[0].tolist()
+        assert (h * 14) % 28 == 0 and (w * 14) % 28 == 0
+        videos_seen.add((t, h, w))
+        tokens = batch["input_ids"][0].tolist()
+        as_reference = {config["video_token_id"]: VID, config["image_token_id"]: IMG}
+        rows, _ = reference_positions("videorope", [as_reference.get(x, x) for x in tokens], [(t, h, w)],
+                                      stride=2.0, merge=merge)
+        assert torch.equal(batch["rotary_position_ids"][:, 0].to(torch.float64), torch.tensor(rows, dtype=torch.float64))
+    # 2 fps over 3, 4 and 5 s: 6, 8 and 10 frames -> 3, 4 and 5 temporal patches. Frames of 56x56, 56x112 and
+    # 56x168 px are below the 144-token floor (112,896 px): scaled up keeping the aspect ratio, sides rounded up to
+    # multiples of 28 -> 336x336, 252x476 and 196x588 px -> grids of 14-px patches 24x24, 18x34 and 14x42.
+    assert sorted(videos_seen) == [(3, 24, 24), (4, 18, 34), (5, 14, 42)], videos_seen
