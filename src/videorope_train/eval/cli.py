@@ -59,7 +59,7 @@ def _add_harness_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_commands(commands) -> None:
     """Add ``eval`` (with vniah / sweep / compare) and ``make-vniah-data`` to a subparsers object."""
-    evaluate = commands.add_parser("eval", help="long-video retrieval evaluation: V-NIAH / V-NIAH-D")
+    evaluate = commands.add_parser("eval", help="V-NIAH / V-NIAH-D, and benchmark scores next to the paper's")
     sub = evaluate.add_subparsers(dest="eval_command", required=True)
 
     vniah = sub.add_parser("vniah", help="V-NIAH / V-NIAH-D for one checkpoint (resumable)")
@@ -79,6 +79,14 @@ def add_commands(commands) -> None:
     compare = sub.add_parser("compare", help="draw finished runs side by side")
     compare.add_argument("--runs", required=True, nargs="+", metavar="NAME=DIR", help="result directories")
     compare.add_argument("--out", required=True, help="PNG to write")
+
+    paper = sub.add_parser("paper", help="benchmark scores of several checkpoints next to the paper's numbers")
+    paper.add_argument("--run", required=True, action="append", metavar="NAME=DIR",
+                       help="a checkpoint's results: lmms-eval output dirs (any depth; the context from its "
+                            "context= model argument) and/or V-NIAH result dirs (summary.json)")
+    paper.add_argument("--variant", action="append", default=[], metavar="NAME=VARIANT",
+                       help="the paper row for NAME when its checkpoint cannot be read (default: its videorope block)")
+    paper.add_argument("--out", required=True, help="OUT/paper.md, OUT/paper.png, OUT/paper.json")
 
     data = commands.add_parser("make-vniah-data", help="write a small synthetic V-NIAH haystack + needle set")
     data.add_argument("out")
@@ -151,5 +159,14 @@ def run_command(args) -> int:
         path, table = compare_dirs(parse_named(args.runs, "--runs"), args.out)
         print(table)
         print(f"side by side: {path}")
+        return 0
+    if args.eval_command == "paper":
+        from .paper import paper_comparison
+        from .plot import parse_named
+
+        path, table = paper_comparison(parse_named(args.run, "--run"), args.out,
+                                       dict(parse_named(args.variant, "--variant")))
+        print(table)
+        print(f"plot: {path}")
         return 0
     raise ValueError(f"unknown eval command {args.eval_command!r}")
