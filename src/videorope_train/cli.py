@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     llava.add_argument("--restart", action="store_true", help="discard a previous run's output and state")
     llava.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    from .eval.cli import add_commands as add_eval_commands  # eval vniah/sweep/compare, make-vniah-data
+    from .eval.cli import add_commands as add_eval_commands  # eval ..., make-vniah-data, make-vruler-data
 
     add_eval_commands(commands)
     return parser
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("eval", "make-vniah-data"):
+        if args.command in ("eval", "make-vniah-data", "make-vruler-data"):
             from .eval.cli import run_command
 
             return run_command(args)

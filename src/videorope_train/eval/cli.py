@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-COMMANDS = ("eval", "make-vniah-data")
+COMMANDS = ("eval", "make-vniah-data", "make-vruler-data")
 
 
 def _size(value: str):
@@ -21,16 +21,17 @@ def _size(value: str):
     return size
 
 
-def _add_harness_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_harness_arguments(parser: argparse.ArgumentParser, needles: bool = True) -> None:
     parser.add_argument("--haystack", required=True, help="haystack video (any format PyAV reads)")
-    parser.add_argument("--needles", required=True,
-                        help="needle JSON, or a directory with needles.json / dataset.json / *.parquet "
-                             "(lmms-lab/v_niah_needles as downloaded)")
-    parser.add_argument("--distractors", default=None,
-                        help="V-NIAH-D distractor images: JSON list in needle order, or a directory "
-                             "(NAME_interrupt.* per needle NAME); needles may also carry a 'distractor' key")
-    parser.add_argument("--task", choices=("auto", "vniah", "vniah-d"), default="auto",
-                        help="auto (default): vniah-d when every needle has a distractor, else vniah")
+    if needles:
+        parser.add_argument("--needles", required=True,
+                            help="needle JSON, or a directory with needles.json / dataset.json / *.parquet "
+                                 "(lmms-lab/v_niah_needles as downloaded)")
+        parser.add_argument("--distractors", default=None,
+                            help="V-NIAH-D distractor images: JSON list in needle order, or a directory "
+                                 "(NAME_interrupt.* per needle NAME); needles may also carry a 'distractor' key")
+        parser.add_argument("--task", choices=("auto", "vniah", "vniah-d"), default="auto",
+                            help="auto (default): vniah-d when every needle has a distractor, else vniah")
     parser.add_argument("--min-frames", type=int, default=100)
     parser.add_argument("--max-frames", type=int, default=3000)
     parser.add_argument("--frame-interval", type=int, default=200)
@@ -80,6 +81,15 @@ def add_commands(commands) -> None:
     compare.add_argument("--runs", required=True, nargs="+", metavar="NAME=DIR", help="result directories")
     compare.add_argument("--out", required=True, help="PNG to write")
 
+    ruler = sub.add_parser("vruler", help="V-RULER (VideoRoPE++): mkmv, counting, ordering, vniah-d (resumable)")
+    ruler.add_argument("--model", required=True, help="model directory (hooked or stock Qwen2-VL)")
+    ruler.add_argument("--subtask", required=True, action="append", metavar="NAME=RECORDS_JSON",
+                       help="a subtask (mkmv, counting, ordering, vniah-d) and its records in the authors' format "
+                            "(their videorope_plus/v_ruler/data/*.json); repeat for several")
+    ruler.add_argument("--images", required=True, help="directory the records' image names are resolved in")
+    ruler.add_argument("--out", required=True, help="OUT/<subtask>/{cells,summary.json,heatmap.png}, OUT/vruler.json")
+    _add_harness_arguments(ruler, needles=False)
+
     paper = sub.add_parser("paper", help="benchmark scores of several checkpoints next to the paper's numbers")
     paper.add_argument("--run", required=True, action="append", metavar="NAME=DIR",
                        help="a checkpoint's results: lmms-eval output dirs (any depth; the context from its "
@@ -87,6 +97,11 @@ def add_commands(commands) -> None:
     paper.add_argument("--variant", action="append", default=[], metavar="NAME=VARIANT",
                        help="the paper row for NAME when its checkpoint cannot be read (default: its videorope block)")
     paper.add_argument("--out", required=True, help="OUT/paper.md, OUT/paper.png, OUT/paper.json")
+
+    ruler_data = commands.add_parser("make-vruler-data", help="write a small synthetic V-RULER set (authors' format)")
+    ruler_data.add_argument("out")
+    ruler_data.add_argument("--frames", type=int, default=48, help="haystack video frames")
+    ruler_data.add_argument("--size", type=_size, default=(112, 112), help="HxW of the video and the images")
 
     data = commands.add_parser("make-vniah-data", help="write a small synthetic V-NIAH haystack + needle set")
     data.add_argument("out")
@@ -101,7 +116,7 @@ def _settings(args):
 
     return VNIAHSettings(
         min_frames=args.min_frames, max_frames=args.max_frames, frame_interval=args.frame_interval,
-        depth_interval=args.depth_interval, frame_size=tuple(args.frame_size), task=args.task,
+        depth_interval=args.depth_interval, frame_size=tuple(args.frame_size), task=getattr(args, "task", "auto"),
         distractor_gap=args.distractor_gap, haystack_fps=args.haystack_fps, seed=args.seed,
         batch_size=args.batch_size, chunk_size=args.chunk_size, encode_batch=args.encode_batch,
     )
@@ -127,6 +142,24 @@ def run_command(args) -> int:
         path = make_vniah_data(args.out, frames=args.frames, size=tuple(args.size), fps=args.fps,
                                num_needles=args.needles)
         print(f"synthetic V-NIAH data: haystack {path.parent / 'haystack.mp4'}, needles {path}")
+        return 0
+    if args.command == "make-vruler-data":
+        from .synthetic import make_vruler_data
+
+        paths = make_vruler_data(args.out, frames=args.frames, size=tuple(args.size))
+        print("synthetic V-RULER data: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
+        return 0
+    if args.eval_command == "vruler":
+        from .plot import parse_named
+        from .vruler import run_vruler
+
+        tasks = {name: (path, args.images) for name, path in parse_named(args.subtask, "--subtask")}
+        result = run_vruler(args.model, args.haystack, tasks, args.out, _settings(args), cache_dir=args.cache_dir,
+                            overwrite=args.overwrite, progress=not args.no_progress, load_kwargs=_load_kwargs(args))
+        for name, score in result["subtasks"].items():
+            print(f"{name}: {'n/a' if score is None else f'{score:.4f}'}")
+        headline = "n/a" if result["vruler"] is None else f"{result['vruler']:.4f}"
+        print(f"V-RULER: {headline} -> {args.out}/vruler.json, {args.out}/vruler.png")
         return 0
     if args.eval_command == "vniah" and args.plan:
         from .vniah import format_memory_plan, memory_plan

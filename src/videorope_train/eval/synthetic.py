@@ -76,3 +76,52 @@ def make_vniah_data(
     path = out / "needles.json"
     path.write_text(json.dumps(records, indent=1) + "\n")
     return path
+
+
+SHAPES = ("square", "circle")
+
+
+def make_vruler_data(out: str | Path, frames: int = 48, size: Tuple[int, int] = (112, 112), seed: int = 0) -> dict:
+    """A synthetic V-RULER set in the authors' record format (``{"path", "prompt", "answer"}``, ``interrupt_path``
+    for V-NIAH-D; mkmv's ``path`` a string holding a list, as theirs): ``OUT/haystack.mp4``, ``OUT/images/*.png``,
+    ``OUT/{mkmv,counting,ordering,vniah_d}.json``. Returns {subtask: records path}."""
+    from PIL import Image
+
+    from ..data.demo import write_video
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    height, width = size
+    write_video(out / "haystack.mp4", frames, width, height, fps=8, seed=seed)
+    names = {}
+    for colour, rgb in COLOURS:
+        for shape in SHAPES:
+            name = f"{shape}_{colour.lower()}.png"
+            Image.fromarray(_shape_image(size, rgb, shape)).save(out / "images" / name)
+            names[(colour, shape)] = name
+    letters = "ABCD"
+    options = lambda choices: "".join(f"\n{letters[k]}. {c}" for k, c in enumerate(choices))  # noqa: E731
+    tail = "\nAnswer with the option's letter from the given choices directly."
+    records = {
+        "mkmv": [{"path": repr([names[("Red", "square")], names[("Blue", "circle")], names[("Green", "square")]]),
+                  "prompt": "Find the frames with a red square. Which shapes follow it?" + options(
+                      ["blue circle, green square", "green circle", "yellow square", "red circle"]) + tail,
+                  "answer": "A"}],
+        "counting": [{"path": [names[("Yellow", "circle")], names[("Yellow", "circle")]],
+                      "prompt": "How many times does a yellow circle appear in the video?" + options(
+                          ["1", "2", "3", "0"]) + tail, "answer": "B"},
+                     {"path": [], "prompt": "How many times does a red square appear in the video?" + options(
+                         ["1", "2", "3", "0"]) + tail, "answer": "D"}],
+        "ordering": [{"path": [names[("Green", "circle")], names[("Red", "circle")]],
+                      "prompt": "In which order do a red circle and a green circle appear?" + options(
+                          ["red, green", "green, red"]) + tail, "answer": "B"}],
+        "vniah_d": [{"path": names[("Blue", "square")], "interrupt_path": names[("Blue", "circle")],
+                     "prompt": "\nFind the frame with a blue square. What colour is the square?\n"
+                               "Answer the question using a single word or phrase.", "answer": "Blue"}],
+    }
+    paths = {}
+    for subtask, recs in records.items():
+        path = out / f"{subtask}.json"
+        path.write_text(json.dumps(recs, indent=1) + "\n")
+        paths[subtask.replace("_", "-")] = path
+    return paths

@@ -1,0 +1,108 @@
+"""V-RULER: placement against hand-worked layouts, the authors' record format, and the harness end to end
+(tiny model, synthetic set from `make-vruler-data`) through the CLI, resumed."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from videorope_train.eval.vruler import (
+    RulerRecord,
+    insert_needles,
+    item_sources,
+    load_records,
+    mkmv_positions,
+    spread_positions,
+)
+
+BIN = Path(sys.executable).parent
+
+
+def test_insertion_layouts_worked_by_hand():
+    # needles -1, -2, -3 before haystack frames 0, 2 and 2 of a 5-frame haystack (ties keep record order)
+    assert insert_needles(5, [0, 2, 2]) == [-1, 0, 1, -2, -3, 2, 3, 4]
+    assert insert_needles(3, [3]) == [0, 1, 2, -1]  # at the very end
+    with pytest.raises(ValueError, match="sorted"):
+        insert_needles(3, [2, 1])
+    # counting / ordering: right after frames linspace(0, 9, 3) = 0, 4, 9 (4.5 truncated)
+    assert spread_positions(10, 3) == [1, 5, 10]
+    assert insert_needles(10, spread_positions(10, 3)) == [0, -1, 1, 2, 3, 4, -2, 5, 6, 7, 8, 9, -3]
+    assert spread_positions(10, 0) == []
+    # mkmv: every needle inside the depth bin [40, 60) of 100 frames, sorted
+    for trial in range(20):
+        positions = mkmv_positions(100, 0.4, 3, random.Random(trial))
+        assert positions == sorted(positions) and all(40 <= p <= 59 for p in positions)
+
+
+def test_vniah_d_distractor_side_worked_by_hand():
+    record = RulerRecord(("needle.png",), "q", "a", "distractor.png")
+    # depth 0 of 300 frames: the distractor only fits 200 frames after the needle
+    sources = item_sources("vniah-d", 300, 0.0, record, 0)
+    assert sources.index(-1) == 0 and sources.index(-2) == 201 and len(sources) == 302
+    # depth 1: only before (needle after frame 299, distractor before frame 100)
+    sources = item_sources("vniah-d", 300, 1.0, record, 0)
+    assert sources.index(-2) == 100 and sources.index(-1) == 301
+    # 100 frames: fits on neither side -> no distractor
+    assert -2 not in item_sources("vniah-d", 100, 0.4, record, 0)
+
+
+def test_authors_record_format_and_bad_records(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    path = tmp_path / "mkmv.json"
+    path.write_text(json.dumps([{"path": "['a.png', 'b.png']", "prompt": "Which?", "answer": "B"}]))
+    (record,) = load_records(path, tmp_path, "mkmv")
+    assert record.images == (str(tmp_path / "a.png"), str(tmp_path / "b.png")) and record.answer == "B"
+    path.write_text(json.dumps([{"path": "a.png", "prompt": "Which?", "answer": "B"},
+                                {"path": ["a.png", "c.png"], "prompt": "Which?", "answer": "C"}]))
+    with pytest.raises(FileNotFoundError, match=r"record 1: image 'c.png' not found"):
+        load_records(path, tmp_path, "ordering")
+    path.write_text(json.dumps([{"path": "a.png", "prompt": "Which?", "answer": "B"}]))
+    with pytest.raises(ValueError, match=r"record 0: missing \['interrupt_path'\]"):
+        load_records(path, tmp_path, "vniah-d")
+    path.write_text(json.dumps([{"path": "__import__('os')", "prompt": "q", "answer": "A"}]))
+    with pytest.raises(FileNotFoundError):  # a name, never evaluated
+        load_records(path, tmp_path, "ordering")
+
+
+def test_vruler_cli_runs_every_subtask_and_resumes(hooked_dir, tmp_path):
+    data = tmp_path / "data"
+    made = subprocess.run([str(BIN / "videorope-train"), "make-vruler-data", str(data), "--frames", "16",
+                           "--size", "56x56"], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = tmp_path / "out"
+    command = [str(BIN / "videorope-train"), "eval", "vruler", "--model", str(hooked_dir("videorope")),
+               "--haystack", str(data / "haystack.mp4"), "--images", str(data / "images"), "--out", str(out),
+               "--min-frames", "4", "--max-frames", "8", "--frame-interval", "4", "--depth-interval", "0.5",
+               "--distractor-gap", "2", "--frame-size", "56x56", "--no-progress"]
+    for name in ("mkmv", "counting", "ordering", "vniah-d"):
+        command += ["--subtask", f"{name}={data / (name.replace('-', '_') + '.json')}"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-4000:]
+    result = json.loads((out / "vruler.json").read_text())
+    assert set(result["subtasks"]) == {"mkmv", "counting", "ordering", "vniah-d"} and result["complete"]
+    assert result["vruler"] == pytest.approx(sum(result["subtasks"].values()) / 4)
+    # cells: frame counts 4 and 8 x depths (mkmv 0..0.8 by 0.2; counting/ordering one row; vniah-d 0, 0.5, 1)
+    assert len(list((out / "mkmv" / "cells").glob("*.json"))) == 2 * 5
+    assert len(list((out / "counting" / "cells").glob("*.json"))) == 2
+    assert len(list((out / "vniah-d" / "cells").glob("*.json"))) == 2 * 3
+    counting = json.loads((out / "counting" / "cells" / "len8_depth0.json").read_text())
+    two, none = counting["records"]
+    assert two["needle_frames"] == [1, 9] and two["video_frames"] == 10  # after frames 0 and 7 of 8
+    assert none["needle_frames"] == [] and none["video_frames"] == 8
+    ordering = json.loads((out / "ordering" / "cells" / "len4_depth0.json").read_text())
+    assert ordering["records"][0]["needle_frames"] == [1, 5]
+    for name in ("mkmv", "counting", "ordering", "vniah-d"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        cells = [json.loads(p.read_text())["score"] for p in (out / name / "cells").glob("*.json")]
+        assert summary["average"] == pytest.approx(sum(cells) / len(cells))
+        assert (out / name / "heatmap.png").is_file()
+    assert (out / "vruler.png").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("cells/*.json")}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("cells/*.json")} == stamps  # resumed: nothing recomputed
+    assert json.loads((out / "vruler.json").read_text()) == result
