@@ -1,12 +1,16 @@
-"""Long-video retrieval evaluation: V-NIAH / V-NIAH-D on embeddings spliced into the language model.
+"""Evaluation: V-NIAH / V-NIAH-D and V-RULER on spliced embeddings, lmms-eval benchmarks, the papers' numbers.
 
-* ``videorope_train.eval.data`` — needle sets (LongVA / VideoRoPE / Hugging Face layouts), haystack frame
-  sampling with PyAV;
-* ``videorope_train.eval.vniah`` — the harness (``run_vniah``) and its pure parts (cell grid, needle and
-  distractor placement, teacher-forced exact match);
-* ``videorope_train.eval.synthetic`` — a small synthetic haystack + needle set (tests, smoke runs);
-* ``videorope_train.eval.plot`` — heatmaps, one run or several side by side;
-* ``videorope_train.eval.cli`` — the ``videorope-train eval ...`` and ``make-vniah-data`` commands.
+* ``model`` — loading a checkpoint through its own remote code (``load_model``, ``LoadedModel``);
+* ``embeddings`` — vision-tower embeddings of frames and images, cached on disk;
+* ``spliced`` — prompts around a video block, batches with the checkpoint's positions, (chunked) forward,
+  teacher-forced exact match;
+* ``results`` — resumable result files: cells, summaries, heatmaps;
+* ``vniah`` — V-NIAH / V-NIAH-D (grid, needle and distractor placement, ``run_vniah``);
+* ``vruler`` — V-RULER's mkmv, counting, ordering and vniah-d subtasks (``run_vruler``);
+* ``lmms`` — the lmms-eval model ``videorope`` (``lmms_entry`` registers it);
+* ``paper`` — checkpoints' scores next to the papers' (``eval paper``);
+* ``data``, ``synthetic`` — needle sets, haystack sampling, synthetic sets; ``plot``, ``compare`` — heatmaps, sweeps;
+* ``cli`` — ``videorope-train eval ...``, ``make-vniah-data``, ``make-vruler-data``.
 
 Importing this package is cheap (no torch); the submodules import what they need.
 """

@@ -102,7 +102,7 @@ class VideoRope(_lmms_base()):
                              "attn_implementation, system_prompt, max_new_tokens")
         if int(batch_size) != 1:
             raise ValueError("videorope: batch_size must be 1 (long videos; one sample fills the context)")
-        from .vniah import load_model
+        from .model import load_model
 
         self.loaded = load_model(pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
         self.budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)

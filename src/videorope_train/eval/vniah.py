@@ -23,20 +23,40 @@ Results: ``OUT/cells/len{N}_depth{d}.json`` per cell (existing cells are skipped
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..rope import RopeConfig, get_rope_index
-from .data import Needle, haystack_frames, load_image, load_needles, needles_fingerprint, resize_rgb
+from .data import haystack_frames, load_image, load_needles, needles_fingerprint, resize_rgb
+from .embeddings import cache_key as _key
+from .embeddings import cached as _cached
+from .embeddings import encode_frames, vision_fingerprint
+from .model import LoadedModel, default_device, load_model
+from .results import cell_name, summarize
+from .results import model_identity as _model_identity
+from .results import write_json as _write_json
+from .spliced import (
+    Batch,
+    PromptIds,
+    answer_logits,
+    assemble_batch,
+    forward_tail_logits,
+    prompt_ids,
+    score_tail_logits,
+    teacher_forced_exact_match,
+)
+
+__all__ = [  # the harness, and the shared parts it is built from (model.py, embeddings.py, spliced.py, results.py)
+    "Batch", "LoadedModel", "PromptIds", "VNIAHSettings", "answer_logits", "assemble_batch", "cell_name",
+    "default_device", "encode_frames", "forward_tail_logits", "load_model", "prompt_ids", "run_vniah",
+    "score_tail_logits", "summarize", "teacher_forced_exact_match", "vision_fingerprint",
+]
 
 NEEDLE = -1  # frame_sequence entries: >= 0 haystack frame index, NEEDLE / DISTRACTOR the inserted images
 DISTRACTOR = -2
@@ -107,233 +127,6 @@ def frame_sequence(num_frames: int, needle_index: int, side: Optional[str] = Non
     raise ValueError(f"side must be None, 'before' or 'after', got {side!r}")
 
 
-def cell_name(num_frames: int, depth: float) -> str:
-    return f"len{num_frames}_depth{depth:g}"
-
-
-# ------------------------------------------------------------------------------------------------ scoring
-
-
-def teacher_forced_exact_match(logits: torch.Tensor, answer_ids: Sequence[int]) -> bool:
-    """1 iff argmax(logits[k]) == answer_ids[k] for every answer token.
-
-    ``logits`` [A, V]: row k is the prediction *for* answer token k, i.e. the logits at the position just
-    before it (see ``answer_logits``).
-    """
-    answer = torch.as_tensor(list(answer_ids), device=logits.device)
-    if logits.dim() != 2 or logits.shape[0] != answer.numel() or answer.numel() == 0:
-        raise ValueError(f"logits {tuple(logits.shape)} do not match {answer.numel()} answer tokens")
-    return bool((logits.argmax(dim=-1) == answer).all())
-
-
-def answer_logits(tail_logits: torch.Tensor, answer_len: int) -> torch.Tensor:
-    """The rows predicting the answer, from the logits of a sequence's last K positions ([K, V], K > answer_len)
-    when the sequence ends with the answer: positions L-A-1 ... L-2 (teacher forcing)."""
-    keep = tail_logits.shape[0]
-    if not 0 < answer_len < keep:
-        raise ValueError(f"need 0 < answer_len ({answer_len}) < kept positions ({keep})")
-    return tail_logits[keep - 1 - answer_len : keep - 1]
-
-
-# ------------------------------------------------------------------------------------------------ the model
-
-
-@dataclass
-class LoadedModel:
-    """A Qwen2-VL (hooked or stock) with its processor, and what the harness needs to know about it."""
-
-    model: torch.nn.Module
-    processor: object
-    path: str
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def rope(self) -> RopeConfig:
-        """The checkpoint's RoPE settings; a stock (un-hooked) Qwen2-VL is M-RoPE."""
-        rope = getattr(self.model, "rope", None)
-        return rope if isinstance(rope, RopeConfig) else RopeConfig("mrope")
-
-    @property
-    def hooked(self) -> bool:
-        return isinstance(getattr(self.model, "rope", None), RopeConfig)
-
-    @property
-    def input_device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def vision_device(self) -> torch.device:
-        return next(self.model.model.visual.parameters()).device
-
-    def patch_grid(self, frame_size: Tuple[int, int]) -> Tuple[int, int, int]:
-        """(grid_h, grid_w, tokens per frame) of a frame of ``frame_size`` = (H, W) pixels."""
-        vision = self.config.vision_config
-        factor = vision.patch_size * vision.spatial_merge_size
-        height, width = frame_size
-        if height % factor or width % factor or height < factor or width < factor:
-            raise ValueError(
-                f"frame size {height}x{width} must be a positive multiple of patch_size*spatial_merge_size = {factor} "
-                f"on both sides (252x448 gives Qwen2-VL's 9x16 = 144 tokens per frame)"
-            )
-        grid_h, grid_w = height // vision.patch_size, width // vision.patch_size
-        return grid_h, grid_w, grid_h * grid_w // vision.spatial_merge_size**2
-
-    def positions(self, input_ids, video_grid_thw, attention_mask=None) -> torch.Tensor:
-        """[3, B, L] position ids of the checkpoint's own variant (its ``get_rope_index``)."""
-        if self.hooked:
-            return self.model.get_rope_index(input_ids, video_grid_thw=video_grid_thw, attention_mask=attention_mask)[0]
-        config = self.config
-        return get_rope_index(
-            RopeConfig("mrope"), input_ids, None, video_grid_thw, attention_mask,
-            spatial_merge_size=config.vision_config.spatial_merge_size, image_token_id=config.image_token_id,
-            video_token_id=config.video_token_id, vision_start_token_id=config.vision_start_token_id,
-        )[0]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(
-    path: str | Path,
-    dtype: str = "auto",
-    device: Optional[str] = None,
-    device_map: Optional[str] = None,
-    attn_implementation: Optional[str] = None,
-    processor: Optional[str] = None,
-) -> LoadedModel:
-    """Load a (hooked or stock) Qwen2-VL directory for evaluation, in eval mode.
-
-    dtype ``auto``: bfloat16 on GPU, float32 on CPU.  ``device_map="auto"`` spreads the layers over every
-    visible GPU (weights and KV cache split; see the README for long contexts).  attn_implementation default:
-    ``flash_attention_2`` when on GPU and installed, else ``sdpa``.
-    """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    device = device or default_device()
-    on_gpu = device_map is not None or str(device).startswith("cuda")
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if on_gpu else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    if attn_implementation is None:
-        attn_implementation = "sdpa"
-        if on_gpu:
-            try:
-                import flash_attn  # noqa: F401
-
-                attn_implementation = "flash_attention_2"
-            except ImportError:
-                pass
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(path), trust_remote_code=True, dtype=torch_dtype, attn_implementation=attn_implementation,
-        device_map=device_map or device,
-    )
-    if not hasattr(getattr(model, "model", None), "visual"):
-        raise ValueError(f"{path} is not a Qwen2-VL model (no vision tower at model.model.visual)")
-    model.eval()
-    return LoadedModel(model, AutoProcessor.from_pretrained(str(processor or path), trust_remote_code=True), str(path))
-
-
-# ------------------------------------------------------------------------------------------------ embeddings
-
-
-def vision_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap identity of the vision tower's weights (names, shapes and a strided sample of every tensor):
-    checkpoints trained with a frozen tower share it, so they share cached embeddings."""
-    digest = hashlib.sha1()
-    for name, tensor in model.model.visual.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        step = max(1, flat.numel() // 64)
-        sample = flat[::step][:64].float().cpu()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
-        digest.update(sample.numpy().tobytes())
-        digest.update(f"{float(flat.float().sum()):.6e}".encode())
-    return digest.hexdigest()
-
-
-@torch.inference_mode()
-def encode_frames(lm: LoadedModel, frames, frame_size: Tuple[int, int], batch: int = 32,
-                  progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """Vision-tower embeddings [n, tokens_per_frame, D] (CPU, model dtype) of uint8 frames [n, H, W, 3].
-
-    Each frame is one image (T = 1) at exactly ``frame_size`` through the checkpoint's image processor and
-    ``get_image_features`` — what the model's own image path computes for it.
-    """
-    grid_h, grid_w, tokens = lm.patch_grid(frame_size)
-    height, width = frame_size
-    processor = lm.processor.image_processor
-    outputs = []
-    for start in range(0, len(frames), batch):
-        chunk = [frames[k] for k in range(start, min(start + batch, len(frames)))]
-        inputs = processor(images=chunk, min_pixels=height * width, max_pixels=height * width, return_tensors="pt")
-        grid = inputs["image_grid_thw"]
-        if not bool((grid == torch.tensor([1, grid_h, grid_w])).all()):
-            raise ValueError(f"the image processor resized {height}x{width} frames to grid {grid[0].tolist()}")
-        device = lm.vision_device
-        pixels = inputs["pixel_values"].to(device)
-        features = lm.model.model.get_image_features(pixels, image_grid_thw=grid.to(device)).pooler_output
-        outputs.append(torch.stack([f.reshape(tokens, -1) for f in features]).cpu())
-        if progress is not None:
-            progress(len(chunk))
-    return torch.cat(outputs)
-
-
-def _cached(path: Path, compute: Callable[[], dict]) -> dict:
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
-    return value
-
-
-def _key(**parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-# ------------------------------------------------------------------------------------------------ sequences
-
-
-@dataclass(frozen=True)
-class PromptIds:
-    """Token ids around the video block, and the answer's."""
-
-    prefix: Tuple[int, ...]  # chat template up to and including <|vision_start|>
-    suffix: Tuple[int, ...]  # <|vision_end|>, the question, the assistant turn's opening
-    answer: Tuple[int, ...]
-
-
-def prompt_ids(lm: LoadedModel, needle: Needle) -> PromptIds:
-    """The checkpoint's chat template for a user turn [video, question] with the generation prompt."""
-    tokenizer = lm.tokenizer
-    video_token = tokenizer.convert_ids_to_tokens(lm.config.video_token_id)
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": needle.question}]}]
-    text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if text.count(video_token) != 1:
-        raise ValueError(f"the chat template should render one {video_token} for the video, got: {text!r}")
-    head, _, tail = text.partition(video_token)
-
-    def encode(text: str) -> Tuple[int, ...]:
-        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    answer = encode(needle.answer)
-    if not answer:
-        raise ValueError(f"needle {needle.name!r} has an empty answer")
-    prefix = encode(head)
-    if not prefix or prefix[-1] != lm.config.vision_start_token_id:
-        raise ValueError("the chat template does not open the video with <|vision_start|>")
-    return PromptIds(prefix, encode(tail), answer)
-
 
 @dataclass
 class Item:
@@ -383,82 +176,6 @@ def item_frames(item: Item, haystack: torch.Tensor, needles: torch.Tensor,
     if item.side is not None:
         frames[sources == DISTRACTOR] = distractors[item.needle].to(frames.dtype)
     return frames.reshape(-1, frames.shape[-1])
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # [B, L], left-padded
-    attention_mask: Optional[torch.Tensor]  # None when nothing is padded
-    video_grid_thw: torch.Tensor  # [B, 3]
-    position_ids: torch.Tensor  # [3, B, L]
-    inputs_embeds: torch.Tensor  # [B, L, D]
-    answers: List[Tuple[int, ...]]
-
-
-@torch.inference_mode()
-def assemble_batch(lm: LoadedModel, items: Sequence[Item], frames_of: Callable[[Item], torch.Tensor],
-                   frame_size: Tuple[int, int]) -> Batch:
-    """Token ids, positions (the checkpoint's ``get_rope_index``) and input embeddings with the video rows
-    replaced by the items' frame embeddings (``frames_of(item)``: [F·tokens_per_frame, D])."""
-    grid_h, grid_w, _ = lm.patch_grid(frame_size)
-    length = max(len(item.input_ids) for item in items)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(items), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(items), length), dtype=torch.long)
-    for row, item in enumerate(items):
-        input_ids[row, length - len(item.input_ids):] = torch.tensor(item.input_ids)
-        mask[row, length - len(item.input_ids):] = 1
-    attention_mask = None if bool(mask.all()) else mask
-    grid = torch.tensor([[item.video_frames, grid_h, grid_w] for item in items], dtype=torch.long)
-    position_ids = lm.positions(input_ids, grid, attention_mask)
-    device = lm.input_device
-    input_ids = input_ids.to(device)
-    embeds = lm.model.get_input_embeddings()(input_ids)
-    video = torch.cat([frames_of(item).to(device, embeds.dtype) for item in items])
-    video_mask = (input_ids == lm.config.video_token_id).unsqueeze(-1).expand_as(embeds)
-    if int(video_mask[..., 0].sum()) != video.shape[0]:
-        raise ValueError(f"{int(video_mask[..., 0].sum())} video tokens but {video.shape[0]} frame embedding rows")
-    embeds = embeds.masked_scatter(video_mask, video)
-    return Batch(input_ids, None if attention_mask is None else attention_mask.to(device), grid,
-                 position_ids.to(device), embeds, [item.prompt.answer for item in items])
-
-
-@torch.inference_mode()
-def forward_tail_logits(
-    model: torch.nn.Module, batch: Batch, keep: int, chunk_size: Optional[int] = None
-) -> torch.Tensor:
-    """Logits [B, keep, V] of the last ``keep`` positions (the LM head never sees the other positions).
-
-    ``chunk_size``: chunked prefill — the sequence goes through in pieces of ``chunk_size`` tokens with a KV
-    cache, so activations scale with the chunk, not the context (exact: causal attention, same positions).
-    """
-    embeds, positions, mask = batch.inputs_embeds, batch.position_ids, batch.attention_mask
-    length = embeds.shape[1]
-    if not chunk_size or length - keep <= chunk_size:
-        return model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False,
-                     logits_to_keep=keep).logits
-    rope = getattr(model, "rope", None)
-    if isinstance(rope, RopeConfig) and rope.extrapolation == "dynamic":
-        raise ValueError("chunked prefill cannot be used with 'dynamic' extrapolation (its frequencies depend on the "
-                         "length each forward sees); drop --chunk-size")
-    cache, stop = None, length - keep
-    for start in range(0, stop, chunk_size):
-        end = min(start + chunk_size, stop)
-        out = model(inputs_embeds=embeds[:, start:end], position_ids=positions[..., start:end],
-                    attention_mask=None if mask is None else mask[:, :end], past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)
-        cache = out.past_key_values
-    return model(inputs_embeds=embeds[:, stop:], position_ids=positions[..., stop:], attention_mask=mask,
-                 past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
-
-
-def score_tail_logits(tail: torch.Tensor, answers: Sequence[Sequence[int]]) -> List[Tuple[bool, List[int]]]:
-    """(exact match, predicted ids) per row of left-padded sequences ending with their answers."""
-    results = []
-    for row, answer in enumerate(answers):
-        logits = answer_logits(tail[row], len(answer))
-        results.append((teacher_forced_exact_match(logits, answer), logits.argmax(-1).tolist()))
-    return results
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -527,24 +244,6 @@ def format_memory_plan(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _model_identity(path: str | Path) -> dict:
-    path = Path(path)
-    files = {}
-    for file in sorted(path.iterdir()) if path.is_dir() else []:
-        if file.suffix in (".safetensors", ".bin", ".json") and file.is_file():
-            stat = file.stat()
-            files[file.name] = [stat.st_size, stat.st_mtime_ns] if file.suffix != ".json" else hashlib.sha1(
-                file.read_bytes()).hexdigest()
-    return {"path": str(path.resolve()), "files": files}
-
-
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _check_run_record(out: Path, record: dict, overwrite: bool) -> None:
     path = out / RUN_RECORD
     if overwrite:
@@ -558,36 +257,6 @@ def _check_run_record(out: Path, record: dict, overwrite: bool) -> None:
                 f"--out, or --overwrite to discard them"
             )
     _write_json(path, record)
-
-
-def summarize(out: str | Path, lengths: Sequence[int], depths: Sequence[float], extra: Optional[dict] = None) -> dict:
-    """summary.json + heatmap.png of the cells of ``lengths`` × ``depths`` present in ``out/cells``."""
-    from .plot import save_heatmap
-
-    out = Path(out)
-    cells, missing = [], []
-    for n in lengths:
-        for d in depths:
-            path = out / "cells" / f"{cell_name(n, d)}.json"
-            if path.is_file():
-                cells.append({"frames": n, "depth": d, "score": json.loads(path.read_text())["score"]})
-            else:
-                missing.append(cell_name(n, d))
-    average = sum(c["score"] for c in cells) / len(cells) if cells else None
-    summary = {
-        **(extra or {}),
-        "lengths": list(lengths),
-        "depths": list(depths),
-        "average": average,
-        "complete": not missing,
-        "num_cells": len(cells),
-        "missing": missing,
-        "cells": cells,
-        "heatmap": "heatmap.png",
-    }
-    _write_json(out / "summary.json", summary)
-    save_heatmap(out / "heatmap.png", summary, title=(extra or {}).get("name"))
-    return summary
 
 
 def run_vniah(

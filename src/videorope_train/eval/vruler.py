@@ -35,28 +35,11 @@ import numpy as np
 import torch
 
 from .data import Needle, haystack_frames, load_image, resize_rgb
-from .vniah import (
-    LoadedModel,
-    PromptIds,
-    VNIAHSettings,
-    _cached,
-    _key,
-    _model_identity,
-    _write_json,
-    assemble_batch,
-    cell_name,
-    depth_grid,
-    distractor_draw,
-    distractor_side,
-    encode_frames,
-    forward_tail_logits,
-    frame_counts,
-    load_model,
-    prompt_ids,
-    score_tail_logits,
-    summarize,
-    vision_fingerprint,
-)
+from .embeddings import cache_key, cached, encode_frames, vision_fingerprint
+from .model import LoadedModel, load_model
+from .results import cell_name, model_identity, summarize, write_json
+from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
+from .vniah import VNIAHSettings, depth_grid, distractor_draw, distractor_side, frame_counts
 
 SUBTASKS = ("mkmv", "counting", "ordering", "vniah-d")
 MKMV_BIN = 0.2
@@ -232,7 +215,7 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
     for name, recs in records.items():
         sub_out = out / name
         depths = _depths(name, settings.depth_interval)
-        record = {"subtask": name, "model": _model_identity(model_path),
+        record = {"subtask": name, "model": model_identity(model_path),
                   "haystack": [str(haystack.resolve()), haystack.stat().st_size], "records": _records_fingerprint(recs),
                   "frame_size": list(frame_size), "haystack_fps": settings.haystack_fps, "seed": settings.seed,
                   "distractor_gap": settings.distractor_gap}
@@ -243,7 +226,7 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                 (sub_out / "cells").glob("*.json")):
             raise ValueError(f"{sub_out} holds {name} cells computed with other settings; use another --out, or "
                              "--overwrite to discard them")
-        _write_json(run_record, record)
+        write_json(run_record, record)
         extra = {"name": name, "task": name, "model": model_path, "frame_size": list(frame_size)}
         pending = [(n, d) for n in lengths for d in depths if not (sub_out / "cells" / f"{cell_name(n, d)}.json").is_file()]
         if pending:
@@ -251,9 +234,9 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                 lm = model if isinstance(model, LoadedModel) else load_model(model, **(load_kwargs or {}))
                 _, _, tokens_per_frame = lm.patch_grid(frame_size)
                 fingerprint = vision_fingerprint(lm.model)
-                hay_key = _key(video=record["haystack"], mtime=haystack.stat().st_mtime_ns, frames=max(lengths),
+                hay_key = cache_key(video=record["haystack"], mtime=haystack.stat().st_mtime_ns, frames=max(lengths),
                                fps=settings.haystack_fps, size=frame_size, vision=fingerprint)
-                hay = _cached(cache / f"haystack-{hay_key}.pt", lambda: {"embeds": encode_frames(
+                hay = cached(cache / f"haystack-{hay_key}.pt", lambda: {"embeds": encode_frames(
                     lm, haystack_frames(haystack, max(lengths), frame_size, settings.haystack_fps), frame_size,
                     settings.encode_batch)})["embeds"]
 
@@ -262,7 +245,7 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                 frames = np.stack([resize_rgb(load_image(f), frame_size) for f in files])
                 return {"embeds": encode_frames(lm, frames, frame_size, settings.encode_batch)}
 
-            images = _cached(cache / f"{name}-{_key(records=record['records'], size=frame_size, vision=fingerprint)}.pt",
+            images = cached(cache / f"{name}-{cache_key(records=record['records'], size=frame_size, vision=fingerprint)}.pt",
                              encode_images)["embeds"]
             offsets, start = [], 0
             for r in recs:
@@ -297,7 +280,7 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                                         "needle_frames": [k for k, s in enumerate(item.sources) if s < 0],
                                         "video_frames": item.video_frames})
                     bar.update(len(chunk))
-                _write_json(sub_out / "cells" / f"{cell_name(num_frames, depth)}.json", {
+                write_json(sub_out / "cells" / f"{cell_name(num_frames, depth)}.json", {
                     "frames": num_frames, "depth": depth, "task": name,
                     "score": sum(e["correct"] for e in entries) / len(entries), "records": entries})
             bar.close()
@@ -305,6 +288,6 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
     scores = {name: s["average"] for name, s in summaries.items()}
     result = {"subtasks": scores, "complete": all(s["complete"] for s in summaries.values()),
               "vruler": (sum(scores.values()) / len(scores)) if all(v is not None for v in scores.values()) else None}
-    _write_json(out / "vruler.json", result)
+    write_json(out / "vruler.json", result)
     compare_runs(list(summaries.items()), out / "vruler.png")
     return result

@@ -1,0 +1,115 @@
+"""Loading a checkpoint for evaluation (hooked or stock Qwen2-VL) and what the harnesses ask of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from ..rope import RopeConfig, get_rope_index
+
+
+@dataclass
+class LoadedModel:
+    """A Qwen2-VL (hooked or stock) with its processor, and what the harness needs to know about it."""
+
+    model: torch.nn.Module
+    processor: object
+    path: str
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def rope(self) -> RopeConfig:
+        """The checkpoint's RoPE settings; a stock (un-hooked) Qwen2-VL is M-RoPE."""
+        rope = getattr(self.model, "rope", None)
+        return rope if isinstance(rope, RopeConfig) else RopeConfig("mrope")
+
+    @property
+    def hooked(self) -> bool:
+        return isinstance(getattr(self.model, "rope", None), RopeConfig)
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def vision_device(self) -> torch.device:
+        return next(self.model.model.visual.parameters()).device
+
+    def patch_grid(self, frame_size: Tuple[int, int]) -> Tuple[int, int, int]:
+        """(grid_h, grid_w, tokens per frame) of a frame of ``frame_size`` = (H, W) pixels."""
+        vision = self.config.vision_config
+        factor = vision.patch_size * vision.spatial_merge_size
+        height, width = frame_size
+        if height % factor or width % factor or height < factor or width < factor:
+            raise ValueError(
+                f"frame size {height}x{width} must be a positive multiple of patch_size*spatial_merge_size = {factor} "
+                f"on both sides (252x448 gives Qwen2-VL's 9x16 = 144 tokens per frame)"
+            )
+        grid_h, grid_w = height // vision.patch_size, width // vision.patch_size
+        return grid_h, grid_w, grid_h * grid_w // vision.spatial_merge_size**2
+
+    def positions(self, input_ids, video_grid_thw, attention_mask=None) -> torch.Tensor:
+        """[3, B, L] position ids of the checkpoint's own variant (its ``get_rope_index``)."""
+        if self.hooked:
+            return self.model.get_rope_index(input_ids, video_grid_thw=video_grid_thw, attention_mask=attention_mask)[0]
+        config = self.config
+        return get_rope_index(
+            RopeConfig("mrope"), input_ids, None, video_grid_thw, attention_mask,
+            spatial_merge_size=config.vision_config.spatial_merge_size, image_token_id=config.image_token_id,
+            video_token_id=config.video_token_id, vision_start_token_id=config.vision_start_token_id,
+        )[0]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "auto",
+    device: Optional[str] = None,
+    device_map: Optional[str] = None,
+    attn_implementation: Optional[str] = None,
+    processor: Optional[str] = None,
+) -> LoadedModel:
+    """Load a (hooked or stock) Qwen2-VL directory for evaluation, in eval mode.
+
+    dtype ``auto``: bfloat16 on GPU, float32 on CPU.  ``device_map="auto"`` spreads the layers over every
+    visible GPU (weights and KV cache split; see the README for long contexts).  attn_implementation default:
+    ``flash_attention_2`` when on GPU and installed, else ``sdpa``.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = device or default_device()
+    on_gpu = device_map is not None or str(device).startswith("cuda")
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if on_gpu else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    if attn_implementation is None:
+        attn_implementation = "sdpa"
+        if on_gpu:
+            try:
+                import flash_attn  # noqa: F401
+
+                attn_implementation = "flash_attention_2"
+            except ImportError:
+                pass
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(path), trust_remote_code=True, dtype=torch_dtype, attn_implementation=attn_implementation,
+        device_map=device_map or device,
+    )
+    if not hasattr(getattr(model, "model", None), "visual"):
+        raise ValueError(f"{path} is not a Qwen2-VL model (no vision tower at model.model.visual)")
+    model.eval()
+    return LoadedModel(model, AutoProcessor.from_pretrained(str(processor or path), trust_remote_code=True), str(path))
