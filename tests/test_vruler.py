@@ -106,3 +106,73 @@ def test_vruler_cli_runs_every_subtask_and_resumes(hooked_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("cells/*.json")} == stamps  # resumed: nothing recomputed
     assert json.loads((out / "vruler.json").read_text()) == result
+
+
+def test_stack_pieces_worked_by_hand():
+    from videorope_train.eval.stack import StackRecord, answer_letter, filler_split, question_text
+
+    assert filler_split(10, 0.0) == (10, 0)  # depth 0: the video right before the question
+    assert filler_split(10, 1.0) == (0, 10)  # depth 1: at the very start
+    assert filler_split(10, 0.35) == (6, 3)  # both floored, as the authors' int()
+    assert answer_letter("(B) noise") == "B" and answer_letter(" C") == "C" and answer_letter("none") is None
+    record = StackRecord("v.mp4", "What?", ("x", "y"), 1)
+    assert question_text(record) == "Question: What?\nOptions:\n(A) x\n(B) y"
+
+
+def test_stack_decoding_equals_the_models_own_generate(hooked_dir, tmp_path):
+    """Chunked prefill + token-by-token decoding with the checkpoint's positions == model.generate on the same
+    inputs (the model's own multimodal path), for VideoRoPE and M-RoPE."""
+    import torch
+
+    from videorope_train.eval.model import load_model
+    from videorope_train.eval.stack import greedy_answer, load_stack_records, stack_inputs
+    from videorope_train.eval.synthetic import make_vruler_data
+
+    paths = make_vruler_data(tmp_path / "data", frames=8, size=(56, 56))
+    (record,) = load_stack_records(paths["stack"], tmp_path / "data" / "videos")[:1]
+    for variant in ("videorope", "mrope"):
+        lm = load_model(hooked_dir(variant), device="cpu")
+        for depth in (0.0, 0.5, 1.0):
+            inputs, (before, after) = stack_inputs(lm, record, context=300, depth=depth, video_tokens=64)
+            assert before + after > 0
+            eos = lm.model.generation_config.eos_token_id
+            lm.model.generation_config.eos_token_id = None  # both decode all 6 tokens, nothing suppressed
+            try:
+                want = lm.model.generate(**inputs, max_new_tokens=6, do_sample=False,
+                                         pad_token_id=lm.tokenizer.pad_token_id)[0, inputs["input_ids"].shape[1]:]
+                got = greedy_answer(lm, inputs, max_new_tokens=6, chunk_size=17)
+            finally:
+                lm.model.generation_config.eos_token_id = eos
+            assert len(want) == 6
+            assert got == want.tolist(), (variant, depth)
+
+
+def test_stack_through_the_vruler_cli(hooked_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from videorope_train.eval.stack import NOISE
+
+    data = tmp_path / "data"
+    assert subprocess.run([str(BIN / "videorope-train"), "make-vruler-data", str(data), "--frames", "8", "--size",
+                           "56x56"], capture_output=True, timeout=300).returncode == 0
+    out = tmp_path / "out"
+    model = hooked_dir("videorope")
+    result = subprocess.run([str(BIN / "videorope-train"), "eval", "vruler", "--model", str(model), "--haystack",
+                             str(data / "haystack.mp4"), "--stack", str(data / "stack.json"), "--videos",
+                             str(data / "videos"), "--stack-contexts", "300,500", "--stack-depths", "0,1",
+                             "--stack-video-tokens", "64", "--chunk-size", "64", "--out", str(out), "--no-progress"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    noise = len(AutoTokenizer.from_pretrained(model)(NOISE, add_special_tokens=False)["input_ids"])
+    for context in (300, 500):
+        copies = (context - 64) // noise
+        first = json.loads((out / "stack" / "cells" / f"len{context}_depth0.json").read_text())
+        last = json.loads((out / "stack" / "cells" / f"len{context}_depth1.json").read_text())
+        assert [(r["filler_before"], r["filler_after"]) for r in first["records"]] == [(copies, 0)] * 2
+        assert [(r["filler_before"], r["filler_after"]) for r in last["records"]] == [(0, copies)] * 2
+        assert [r["answer"] for r in first["records"]] == ["A", "B"]
+        for cell in (first, last):
+            assert cell["score"] == sum(r["correct"] for r in cell["records"]) / 2
+            assert all(r["correct"] == int(r["letter"] == r["answer"]) for r in cell["records"])
+    summary = json.loads((out / "vruler.json").read_text())
+    assert set(summary["subtasks"]) == {"stack"} and summary["complete"]

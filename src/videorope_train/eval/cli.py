@@ -83,10 +83,19 @@ def add_commands(commands) -> None:
 
     ruler = sub.add_parser("vruler", help="V-RULER (VideoRoPE++): mkmv, counting, ordering, vniah-d (resumable)")
     ruler.add_argument("--model", required=True, help="model directory (hooked or stock Qwen2-VL)")
-    ruler.add_argument("--subtask", required=True, action="append", metavar="NAME=RECORDS_JSON",
+    ruler.add_argument("--subtask", default=[], action="append", metavar="NAME=RECORDS_JSON",
                        help="a subtask (mkmv, counting, ordering, vniah-d) and its records in the authors' format "
                             "(their videorope_plus/v_ruler/data/*.json); repeat for several")
-    ruler.add_argument("--images", required=True, help="directory the records' image names are resolved in")
+    ruler.add_argument("--images", default=None, help="directory the records' image names are resolved in")
+    ruler.add_argument("--stack", default=None, metavar="RECORDS_JSON",
+                       help="also the lengthy multimodal stack: LongVideoBench-format records (video_path, question, "
+                            "candidates, correct_choice)")
+    ruler.add_argument("--videos", default=None, help="directory the stack records' video_path is resolved in")
+    ruler.add_argument("--stack-contexts", default="224000,232000,240000,248000,256000,264000,272000,280000,288000,"
+                       "296000", help="comma list of total context lengths (tokens; the authors': 224k-296k)")
+    ruler.add_argument("--stack-depths", default="0,0.2,0.4,0.6,0.8,1", help="comma list of video depths")
+    ruler.add_argument("--stack-video-tokens", type=int, default=32768, help="visual budget of the stacked video")
+    ruler.add_argument("--max-new-tokens", type=int, default=3, help="stack answers: tokens generated (authors: 3)")
     ruler.add_argument("--out", required=True, help="OUT/<subtask>/{cells,summary.json,heatmap.png}, OUT/vruler.json")
     _add_harness_arguments(ruler, needles=False)
 
@@ -154,8 +163,19 @@ def run_command(args) -> int:
         from .vruler import run_vruler
 
         tasks = {name: (path, args.images) for name, path in parse_named(args.subtask, "--subtask")}
+        if tasks and args.images is None:
+            raise ValueError("--images is required with --subtask (the records' image names are resolved there)")
+        stack = None
+        if args.stack:
+            if args.videos is None:
+                raise ValueError("--videos is required with --stack")
+            stack = {"records": args.stack, "videos": args.videos, "max_new_tokens": args.max_new_tokens,
+                     "contexts": [int(c) for c in args.stack_contexts.split(",")],
+                     "depths": [float(d) for d in args.stack_depths.split(",")],
+                     "video_tokens": args.stack_video_tokens}
         result = run_vruler(args.model, args.haystack, tasks, args.out, _settings(args), cache_dir=args.cache_dir,
-                            overwrite=args.overwrite, progress=not args.no_progress, load_kwargs=_load_kwargs(args))
+                            overwrite=args.overwrite, progress=not args.no_progress, load_kwargs=_load_kwargs(args),
+                            stack=stack)
         for name, score in result["subtasks"].items():
             print(f"{name}: {'n/a' if score is None else f'{score:.4f}'}")
         headline = "n/a" if result["vruler"] is None else f"{result['vruler']:.4f}"

@@ -84,7 +84,8 @@ SHAPES = ("square", "circle")
 def make_vruler_data(out: str | Path, frames: int = 48, size: Tuple[int, int] = (112, 112), seed: int = 0) -> dict:
     """A synthetic V-RULER set in the authors' record format (``{"path", "prompt", "answer"}``, ``interrupt_path``
     for V-NIAH-D; mkmv's ``path`` a string holding a list, as theirs): ``OUT/haystack.mp4``, ``OUT/images/*.png``,
-    ``OUT/{mkmv,counting,ordering,vniah_d}.json``. Returns {subtask: records path}."""
+    ``OUT/{mkmv,counting,ordering,vniah_d}.json``; and for the lengthy multimodal stack ``OUT/stack.json``
+    (LongVideoBench records) over ``OUT/videos/clip.mp4``. Returns {subtask: records path}."""
     from PIL import Image
 
     from ..data.demo import write_video
@@ -119,6 +120,13 @@ def make_vruler_data(out: str | Path, frames: int = 48, size: Tuple[int, int] = 
                      "prompt": "\nFind the frame with a blue square. What colour is the square?\n"
                                "Answer the question using a single word or phrase.", "answer": "Blue"}],
     }
+    write_video(out / "videos" / "clip.mp4", 4, width, height, fps=2, seed=seed + 1)  # the stacked video
+    records["stack"] = [  # LongVideoBench's record format, as the authors' lengthy_multimodal_stack.json
+        {"video_path": "clip.mp4", "question": "What moves across the video?",
+         "candidates": ["a coloured square", "a dog", "nothing", "a car"], "correct_choice": 0},
+        {"video_path": "clip.mp4", "question": "What is behind the square?",
+         "candidates": ["a wall", "noise", "the sky"], "correct_choice": 1},
+    ]
     paths = {}
     for subtask, recs in records.items():
         path = out / f"{subtask}.json"

@@ -13,8 +13,8 @@ Needles are inserted as extra frames (the haystack is not overwritten), every fr
 (9×16 = 144 tokens at 252×448), embeddings are spliced into the language model's input, and an item scores 1 when
 every answer token is the argmax under teacher forcing (case-sensitive, no partial credit) — the authors' scoring.
 A cell (haystack frames N, depth d) is the mean over records; a subtask's score the mean over its cells; the
-V-RULER number the mean over the subtasks run. The lengthy multimodal stack (real video inside ~200k+ tokens of
-filler text, generated answers) is not part of this harness.
+V-RULER number the mean over the subtasks run. The lengthy multimodal stack (a real video inside ~200k+ tokens of
+filler text, answers generated) is ``stack.py``, run from here with ``stack=``.
 
 Results: ``OUT/<subtask>/cells/*.json`` (resumable), ``OUT/<subtask>/summary.json`` + ``heatmap.png``,
 ``OUT/vruler.json`` + ``OUT/vruler.png`` (one heatmap per subtask).
@@ -188,12 +188,13 @@ def _records_fingerprint(records: Sequence[RulerRecord]) -> str:
 
 
 def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings: Optional[VNIAHSettings] = None,
-               cache_dir=None, overwrite: bool = False, progress: bool = True, load_kwargs: Optional[dict] = None
-               ) -> dict:
+               cache_dir=None, overwrite: bool = False, progress: bool = True, load_kwargs: Optional[dict] = None,
+               stack: Optional[dict] = None) -> dict:
     """Run (or resume) the V-RULER subtasks ``{subtask: (records_json, images_dir)}``; returns ``vruler.json``.
 
     ``settings``: frame counts, depth interval (vniah-d), frame size, haystack fps, seed, batch and chunk sizes —
-    the V-NIAH settings (``eval vniah``'s options)."""
+    the V-NIAH settings (``eval vniah``'s options). ``stack``: the lengthy multimodal stack too (``stack.py``):
+    ``{"records", "videos", "contexts", "depths"}`` and optionally ``max_new_tokens``, ``video_tokens``."""
     from tqdm.auto import tqdm
 
     from .plot import compare_runs
@@ -202,10 +203,10 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
     out = Path(out)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     haystack = Path(haystack)
-    if not haystack.is_file():
+    if tasks and not haystack.is_file():
         raise FileNotFoundError(f"haystack video {haystack} does not exist")
     unknown = sorted(set(tasks) - set(SUBTASKS))
-    if unknown or not tasks:
+    if unknown or not (tasks or stack):
         raise ValueError(f"subtasks must be among {SUBTASKS}, got {sorted(tasks)}")
     records = {name: load_records(path, images, name) for name, (path, images) in tasks.items()}
     lengths = frame_counts(settings.min_frames, settings.max_frames, settings.frame_interval)
@@ -285,6 +286,16 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                     "score": sum(e["correct"] for e in entries) / len(entries), "records": entries})
             bar.close()
         summaries[name] = summarize(sub_out, lengths, depths, extra)
+    if stack:
+        from .stack import load_stack_records, run_stack
+
+        if overwrite:
+            shutil.rmtree(out / "stack" / "cells", ignore_errors=True)
+        summaries["stack"] = run_stack(
+            lm if lm is not None else model, load_stack_records(stack["records"], stack["videos"]), out / "stack",
+            stack["contexts"], stack["depths"], max_new_tokens=stack.get("max_new_tokens", 3),
+            chunk_size=settings.chunk_size, video_tokens=stack.get("video_tokens", 32768), load_kwargs=load_kwargs,
+            progress=progress)
     scores = {name: s["average"] for name, s in summaries.items()}
     result = {"subtasks": scores, "complete": all(s["complete"] for s in summaries.values()),
               "vruler": (sum(scores.values()) / len(scores)) if all(v is not None for v in scores.values()) else None}

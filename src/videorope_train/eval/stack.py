@@ -1,0 +1,168 @@
+"""V-RULER's lengthy multimodal stack: a real video inside a long stack of filler text, answered by generation.
+
+As the authors' ``eval_v_ruler_lengthy_multimodal_stack.py``: records in LongVideoBench's format (``video_path``,
+``question``, ``candidates``, ``correct_choice``); the video at 2 fps within a fixed visual budget (32,768 tokens'
+worth of pixels by default, each frame at least 144 tokens); the filler ``"This is noise text, please ignore it."``
+repeated ⌊(context − video budget) / its token count⌋ times, ⌊n·(1 − d)⌋ copies before the video and ⌊n·d⌋ after
+it (depth 0: the video right before the question; 1: at the very start); the question as ``"Question: …\\nOptions:
+\\n(A) …"``; greedy decoding. Scored by the first option letter in the answer against ``correct_choice`` (the
+authors' scoring script is not published; this is LongVideoBench's rule). A cell (context, depth) is the mean over
+records.
+
+The prompt is prefilled in chunks with a KV cache (``chunk_size``) and the answer decoded token by token with the
+checkpoint's own positions, so a context of 200k+ tokens needs the cache, not the activations, of all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from ..data.budget import TOKEN_PIXELS, VideoBudget
+from ..rope import RopeConfig
+from .model import LoadedModel, load_model
+from .results import cell_name, model_identity, summarize, write_json
+
+NOISE = "This is noise text, please ignore it."
+VIDEO_TOKENS = 32768  # the authors' visual budget for the stacked video
+LETTERS = "ABCDEFGH"
+
+
+@dataclass(frozen=True)
+class StackRecord:
+    video: str
+    question: str
+    candidates: tuple
+    correct: int
+
+
+def load_stack_records(path: str | Path, videos: str | Path) -> List[StackRecord]:
+    path, videos = Path(path), Path(videos)
+    records = json.loads(path.read_text())
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path}: expected a non-empty JSON list of LongVideoBench records")
+    out = []
+    for index, record in enumerate(records):
+        missing = [k for k in ("video_path", "question", "candidates", "correct_choice") if k not in record]
+        if missing:
+            raise ValueError(f"{path} record {index}: missing {missing}")
+        video = videos / record["video_path"]
+        if not video.is_file():
+            raise FileNotFoundError(f"{path} record {index}: video {record['video_path']!r} not found under {videos}")
+        candidates = tuple(str(c) for c in record["candidates"])
+        correct = int(record["correct_choice"])
+        if not 0 <= correct < len(candidates) <= len(LETTERS):
+            raise ValueError(f"{path} record {index}: correct_choice {correct} outside its {len(candidates)} candidates")
+        out.append(StackRecord(str(video), str(record["question"]), candidates, correct))
+    return out
+
+
+def question_text(record: StackRecord) -> str:
+    options = "\n".join(f"({LETTERS[k]}) {c}" for k, c in enumerate(record.candidates))
+    return f"Question: {record.question}\nOptions:\n{options}".rstrip()
+
+
+def filler_split(copies: int, depth: float) -> tuple:
+    """(copies before the video, copies after it)."""
+    return int(copies * (1 - depth)), int(copies * depth)
+
+
+def answer_letter(text: str) -> Optional[str]:
+    match = re.search(r"\b([A-H])\b", text.strip())
+    return match.group(1) if match else None
+
+
+@torch.inference_mode()
+def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Optional[int] = None) -> List[int]:
+    """Greedy tokens after the prompt: chunked prefill of the spliced embeddings with the checkpoint's positions,
+    then one token at a time with the KV cache (positions continue from the prompt's last one)."""
+    model, device = lm.model, lm.input_device
+    input_ids = inputs["input_ids"].to(device)
+    grid = inputs["video_grid_thw"].to(device)
+    embeds = model.get_input_embeddings()(input_ids)
+    features = model.model.get_video_features(inputs["pixel_values_videos"].to(lm.vision_device), grid)
+    video = torch.cat(list(features.pooler_output)).to(device, embeds.dtype)
+    mask = (input_ids == lm.config.video_token_id).unsqueeze(-1).expand_as(embeds)
+    embeds = embeds.masked_scatter(mask, video)
+    positions = lm.positions(input_ids, grid).to(device)
+    rope = getattr(model, "rope", None)
+    length = embeds.shape[1]
+    step = chunk_size or length
+    if step < length and isinstance(rope, RopeConfig) and rope.extrapolation == "dynamic":
+        raise ValueError("chunked prefill cannot be used with 'dynamic' extrapolation; drop the chunk size")
+    cache, out = None, None
+    for start in range(0, length, step):
+        out = model(inputs_embeds=embeds[:, start:start + step], position_ids=positions[..., start:start + step],
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+    tokens, last = [], positions[..., -1:]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    for _ in range(max_new_tokens):
+        token = int(out.logits[0, -1].argmax())
+        tokens.append(token)
+        if token in eos:
+            break
+        last = last + 1  # text after the prompt: one position further on every axis
+        out = model(inputs_embeds=model.get_input_embeddings()(torch.tensor([[token]], device=device)),
+                    position_ids=last, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+    return tokens
+
+
+def stack_inputs(lm: LoadedModel, record: StackRecord, context: int, depth: float, video_tokens: int = VIDEO_TOKENS):
+    """Processor inputs of one (record, context, depth) item, and the filler copies used."""
+    from .lmms import video_frames
+
+    budget = VideoBudget(total_pixels=video_tokens * TOKEN_PIXELS, max_frame_pixels=768 * TOKEN_PIXELS,
+                         min_frame_pixels=min(144, video_tokens) * TOKEN_PIXELS)
+    noise_tokens = len(lm.tokenizer(NOISE, add_special_tokens=False)["input_ids"])
+    copies = max(0, (context - video_tokens) // noise_tokens)
+    before, after = filler_split(copies, depth)
+    content = []
+    if before:
+        content.append({"type": "text", "text": " ".join([NOISE] * before)})
+    content.append({"type": "video"})
+    content.append({"type": "text", "text": " ".join([NOISE] * after + [question_text(record)])})
+    prompt = lm.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                              add_generation_prompt=True)
+    frames = video_frames(record.video, budget)
+    inputs = lm.processor(text=[prompt], videos=[frames], return_tensors="pt",
+                          videos_kwargs={"do_resize": False, "do_sample_frames": False})
+    return inputs, (before, after)
+
+
+def run_stack(model, records: Sequence[StackRecord], out, contexts: Sequence[int], depths: Sequence[float],
+              max_new_tokens: int = 3, chunk_size: Optional[int] = None, video_tokens: int = VIDEO_TOKENS,
+              load_kwargs: Optional[dict] = None, progress: bool = True) -> dict:
+    """Run (or resume) the lengthy multimodal stack: one cell per (context, depth); returns the summary."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    model_path = model.path if isinstance(model, LoadedModel) else str(model)
+    extra = {"name": "stack", "task": "stack", "model": model_path, "video_tokens": video_tokens}
+    pending = [(c, d) for c in contexts for d in depths if not (out / "cells" / f"{cell_name(c, d)}.json").is_file()]
+    if pending:
+        write_json(out / "run.json", {"model": model_identity(model_path), "video_tokens": video_tokens,
+                                      "records": [r.video for r in records], "max_new_tokens": max_new_tokens})
+        lm = model if isinstance(model, LoadedModel) else load_model(model, **(load_kwargs or {}))
+        for context, depth in tqdm(pending, desc="stack", disable=not progress):
+            entries = []
+            for index, record in enumerate(records):
+                inputs, (before, after) = stack_inputs(lm, record, context, depth, video_tokens)
+                tokens = greedy_answer(lm, inputs, max_new_tokens, chunk_size)
+                text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
+                letter = answer_letter(text)
+                entries.append({"record": index, "prediction": text, "letter": letter,
+                                "answer": LETTERS[record.correct], "correct": int(letter == LETTERS[record.correct]),
+                                "tokens": int(inputs["input_ids"].shape[1]), "filler_before": before,
+                                "filler_after": after})
+            write_json(out / "cells" / f"{cell_name(context, depth)}.json", {
+                "frames": context, "depth": depth, "task": "stack",
+                "score": sum(e["correct"] for e in entries) / len(entries), "records": entries})
+    return summarize(out, list(contexts), list(depths), extra)
