@@ -122,7 +122,6 @@ def test_stack_pieces_worked_by_hand():
 def test_stack_decoding_equals_the_models_own_generate(hooked_dir, tmp_path):
     """Chunked prefill + token-by-token decoding with the checkpoint's positions == model.generate on the same
     inputs (the model's own multimodal path), for VideoRoPE and M-RoPE."""
-    import torch
 
     from videorope_train.eval.model import load_model
     from videorope_train.eval.stack import greedy_answer, load_stack_records, stack_inputs
