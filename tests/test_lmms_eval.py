@@ -155,3 +155,78 @@ def test_paper_comparison_table_and_plot(hooked_dir, tmp_path):
         from videorope_train.eval.paper import collect
 
         collect(tmp_path / "cmp")
+
+
+class _Request:  # what lmms-eval hands a model: an object whose .args is the request tuple
+    def __init__(self, *args):
+        self.args = args
+
+
+@pytest.fixture(scope="module")
+def backend(hooked_dir, tmp_path_factory):
+    from videorope_train.data.demo import write_video
+    from videorope_train.eval.lmms import VideoRope
+
+    video = write_video(tmp_path_factory.mktemp("lmms") / "clip.mp4", frames=4, width=56, height=56, fps=2)
+    model = VideoRope(pretrained=str(hooked_dir("videorope")), context="8k", device="cpu", max_new_tokens=4)
+    model.task_dict = {"t": {"test": [{"video": str(video)}]}}
+    return model
+
+
+def test_loglikelihood_equals_the_generation_path(backend):
+    """Teacher-forced scores (one forward) == `generate`'s own logits (KV cache, token by token): for the model's
+    greedy tokens (flagged greedy), for them with another last token (not greedy, lower by exactly the difference
+    of the two last-step log-probs), and through `loglikelihood` for a text continuation, whose tokens are forced
+    into `generate` to get the reference."""
+    import torch
+
+    tokenizer, video = backend.tokenizer, backend.task_dict["t"]["test"][0]["video"]
+    context, visual = "Describe the video.", (lambda doc: [doc["video"]])
+    inputs = backend._inputs(context, [video])
+    start = inputs["input_ids"].shape[1]
+
+    def reference(forced=None, steps=2):
+        allowed = None if forced is None else (lambda batch, ids: [forced[ids.shape[0] - start]])
+        with torch.inference_mode():
+            out = backend.model.generate(**inputs, max_new_tokens=steps, do_sample=False, output_logits=True,
+                                         return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+                                         prefix_allowed_tokens_fn=allowed)
+        tokens = out.sequences[0, start:].tolist()
+        steps = [step[0].float().log_softmax(-1) for step in out.logits]  # raw logits: before the forcing
+        return tokens, sum(float(s[t]) for s, t in zip(steps, tokens)), all(
+            int(s.argmax()) == t for s, t in zip(steps, tokens)), steps
+
+    tokens, want, _, steps = reference()
+    logprob, greedy = backend.continuation_score(inputs, tokens)
+    assert greedy and logprob == pytest.approx(want, abs=1e-4)
+    other = tokens[:-1] + [(tokens[-1] + 1) % len(tokenizer)]
+    worse, greedy = backend.continuation_score(inputs, other)
+    assert not greedy and worse == pytest.approx(want - float(steps[-1][tokens[-1]] - steps[-1][other[-1]]),
+                                                 abs=1e-4)
+    text = " the video"
+    forced = tokenizer(text, add_special_tokens=False)["input_ids"]
+    got_tokens, want, want_greedy, _ = reference(forced, steps=len(forced))
+    assert got_tokens == forced
+    (logprob, greedy), = backend.loglikelihood([_Request(context, text, visual, 0, "t", "test")])
+    assert logprob == pytest.approx(want, abs=1e-4) and greedy == want_greedy
+
+
+def test_multi_round_follows_the_task_protocol(backend):
+    """Round 0 answers the request's context; round 1 the context the task builds from round 0's answer; the task
+    ends it at round 2. Each round's answer equals a single-round generation on the same context and video."""
+    visual = lambda doc: [doc["video"]]  # noqa: E731
+    seen = []
+
+    def doc_to_text(doc, previous_output, round_idx, previous_round_info):
+        seen.append((list(previous_output), round_idx, previous_round_info))
+        if round_idx == 2:
+            return None, None, True, previous_output, previous_round_info
+        return [doc["video"]], f"You said: {previous_output[-1]}. Again?", False, previous_output, {"round": round_idx}
+
+    (answers,) = backend.generate_until_multi_round(
+        [_Request("What moves?", {"max_new_tokens": 3}, visual, doc_to_text, 0, "t", "test")])
+    first, second = backend.generate_until([
+        _Request("What moves?", {"max_new_tokens": 3}, visual, 0, "t", "test"),
+        _Request(f"You said: {answers[0]}. Again?", {"max_new_tokens": 3}, visual, 0, "t", "test")])
+    assert answers == (first.strip(), second.strip())
+    assert seen == [([answers[0]], 1, None), (list(answers), 2, {"round": 1})]

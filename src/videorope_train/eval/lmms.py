@@ -130,12 +130,6 @@ class VideoRope(_lmms_base()):
     def rope(self):
         return self.loaded.rope
 
-    def loglikelihood(self, requests) -> List[Tuple[float, bool]]:
-        raise NotImplementedError("videorope: loglikelihood tasks are not supported (the papers' are generation)")
-
-    def generate_until_multi_round(self, requests) -> List[str]:
-        raise NotImplementedError("videorope: multi-round tasks are not supported")
-
     def _inputs(self, context: str, visuals: list):
         processor = self.loaded.processor
         content, videos, images = [], [], []
@@ -157,29 +151,88 @@ class VideoRope(_lmms_base()):
             kwargs["images"] = images
         return processor(**kwargs).to(self.device)
 
+    @staticmethod
+    def _flat(visuals) -> list:
+        return [v for item in (visuals or []) for v in (item if isinstance(item, list) else [item])]
+
+    def _doc(self, task, split, doc_id):
+        return self.task_dict[task][split][doc_id]
+
+    def _generate(self, context: str, visuals: list, gen_kwargs: Optional[dict]) -> str:
+        """One answer: greedy (or sampled when the task sets a temperature), cut at the task's ``until``."""
+        gen_kwargs = dict(gen_kwargs or {})
+        until = gen_kwargs.pop("until", None)
+        until = [until] if isinstance(until, str) else list(until or [])
+        inputs = self._inputs(context, visuals)
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        generate = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+                    "do_sample": temperature > 0, "num_beams": int(gen_kwargs.get("num_beams", 1) or 1)}
+        if temperature > 0:
+            generate.update(temperature=temperature, top_p=float(gen_kwargs.get("top_p", 1.0) or 1.0))
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **generate, pad_token_id=self.tokenizer.pad_token_id)
+        text = self.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for stop in until:
+            if stop:
+                text = text.split(stop)[0]
+        return text
+
     def generate_until(self, requests) -> List[str]:
         from tqdm import tqdm
 
         results = []
         for request in tqdm(requests, disable=self.rank != 0, desc="videorope"):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
-            visuals = [v for item in visuals for v in (item if isinstance(item, list) else [item])]
-            gen_kwargs = dict(gen_kwargs or {})
-            until = gen_kwargs.pop("until", None)
-            until = [until] if isinstance(until, str) else list(until or [])
-            inputs = self._inputs(context, visuals)
-            temperature = float(gen_kwargs.get("temperature", 0) or 0)
-            generate = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
-                        "do_sample": temperature > 0, "num_beams": int(gen_kwargs.get("num_beams", 1) or 1)}
-            if temperature > 0:
-                generate.update(temperature=temperature, top_p=float(gen_kwargs.get("top_p", 1.0) or 1.0))
-            with torch.inference_mode():
-                output = self.model.generate(**inputs, **generate, pad_token_id=self.tokenizer.pad_token_id)
-            text = self.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            for stop in until:
-                if stop:
-                    text = text.split(stop)[0]
+            text = self._generate(context, self._flat(doc_to_visual(self._doc(task, split, doc_id))), gen_kwargs)
             results.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return results
+
+    def generate_until_multi_round(self, requests) -> List[tuple]:
+        """lmms-eval's multi-round protocol: round 0 answers the request's context; each later round asks the task's
+        ``doc_to_text(doc, previous_output=…, round_idx=…, previous_round_info=…)`` for (visuals, context, stop,
+        answers so far, info) until it signals the end. Returns each document's answers, one per round."""
+        results = []
+        for request in requests:
+            context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+            doc = self._doc(task, split, doc_id)
+            visuals, answers, info, round_idx = self._flat(doc_to_visual(doc)), [], None, 0
+            while True:
+                if round_idx:
+                    visuals, context, stop, answers, info = doc_to_text(
+                        doc, previous_output=list(answers), round_idx=round_idx, previous_round_info=info)
+                    answers = list(answers)
+                    if stop:
+                        break
+                    visuals = self._flat(visuals)
+                answers.append(self._generate(context, visuals, gen_kwargs).strip())
+                round_idx += 1
+            results.append(tuple(answers))
+        return results
+
+    @torch.inference_mode()
+    def continuation_score(self, inputs, target: List[int]) -> Tuple[float, bool]:
+        """(log P(target | inputs) under teacher forcing, whether greedy decoding produces it): one forward over the
+        prompt's processor ``inputs`` with the ``target`` token ids appended."""
+        ids = torch.tensor([target], device=self.device)
+        full = dict(inputs)
+        full["input_ids"] = torch.cat([inputs["input_ids"], ids], dim=1)
+        full["attention_mask"] = torch.ones_like(full["input_ids"])
+        logits = self.model(**full, logits_to_keep=len(target) + 1).logits[0, :-1].float()
+        log_probs = logits.log_softmax(-1).gather(-1, ids[0, :, None])[:, 0]
+        return float(log_probs.sum()), bool((logits.argmax(-1) == ids[0]).all())
+
+    def loglikelihood(self, requests) -> List[Tuple[float, bool]]:
+        """lmms-eval's loglikelihood requests; the continuation is tokenised on its own and appended to the prompt's
+        ids (no merge across the boundary)."""
+        results = []
+        for request in requests:
+            context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
+            doc = self._doc(task, split, doc_id)
+            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
+            target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if not target:
+                raise ValueError(f"videorope: {task} doc {doc_id}: the continuation {continuation!r} has no tokens")
+            results.append(self.continuation_score(self._inputs(context, self._flat(doc_to_visual(doc))), target))
+            self.cache_hook.add_partial("loglikelihood", (context, continuation), results[-1])
         return results
