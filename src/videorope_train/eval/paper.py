@@ -105,6 +105,8 @@ def plot(runs: Sequence[Tuple[str, dict]], out) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plot import save_figure
+
     figure, axes = plt.subplots(1, len(BENCHMARKS) + 1, figsize=(5 * (len(BENCHMARKS) + 1), 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (name, run) in enumerate(runs):
@@ -133,11 +135,7 @@ def plot(runs: Sequence[Tuple[str, dict]], out) -> Path:
     axes[-1].set_title("V-NIAH / V-NIAH-D (hatched: paper)")
     axes[-1].set_ylim(0, 100)
     figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=100)
 
 
 def paper_comparison(runs: Sequence[Tuple[str, str]], out, variants: Optional[Dict[str, str]] = None

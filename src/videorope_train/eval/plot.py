@@ -71,9 +71,16 @@ def save_heatmap(path, summary: dict, title: Optional[str] = None) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(lengths) + 3), 0.45 * len(summary["depths"]) + 3))
     draw_heatmap(ax, summary, _title(title, summary))
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` (parents created) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -102,11 +109,7 @@ def compare_runs(runs: Sequence[Tuple[str, dict]], out) -> Path:
     for ax, (name, summary) in zip(axes[0], runs):
         image = draw_heatmap(ax, summary, _title(name, summary), colorbar=False)
     fig.colorbar(image, ax=list(axes[0]), label="Score", fraction=0.03)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def comparison_table(runs: Sequence[Tuple[str, dict]]) -> str:
