@@ -52,10 +52,8 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_rea
 
 
 def _ensure_slurm():
-    """apt-get install the Slurm + munge packages when they are missing (skip where that is impossible)."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    """apt-get install the Slurm + munge packages when they are missing (the module is skipped, with the reason,
+    where that is impossible: pytestmark above)."""
     if not _missing():
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=SBIN_PATH)
