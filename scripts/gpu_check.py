@@ -11,7 +11,9 @@
    the VideoRoPE / M-RoPE train-step ratio with its 95% interval;
 4. ~30 steps of a ~100M-parameter random Qwen2-VL hooked with VideoRoPE, fa2 + bf16 + ZeRO-3 over every visible GPU,
    through ``llamafactory-cli``; a second run is killed after its mid-way checkpoint and restarted through
-   ``scripts/train_local.sh``, which resumes it; its losses after the restart must match the uninterrupted run's.
+   ``scripts/train_local.sh``, which resumes it; its losses after the restart must match the uninterrupted run's;
+5. evaluation time per benchmark question (scripts/bench_eval.py): Qwen2-VL-7B's shape with random weights through
+   the lmms-eval backend at the 8k and 64k presets (prefill, decode per token, video preparation).
 
 Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``; exits 1 if any part failed.  No network.  ``--smoke``
 runs the same orchestration on a CPU with tiny sizes and the flash_attn stand-in (the test suite uses it).
@@ -183,6 +185,10 @@ def markdown(report: dict) -> str:
     if bench.get("ok"):
         lines += ["", "| benchmark (bf16) | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in bench["figures"].items()]
+    evaluation = report["parts"].get("evaluation time", {})
+    if evaluation.get("ok"):
+        lines += ["", "| evaluation time (scripts/bench_eval.py, median of repeats) | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in evaluation["figures"].items()]
     train = report["parts"].get("train + resume", {})
     if "steps" in train:
         lines += ["", "| train + resume | value |", "|---|---|"]
@@ -207,6 +213,31 @@ def bench_figures(path: Path) -> dict:
     return figures
 
 
+def evaluation_time(out: Path, args, env: dict) -> dict:
+    """scripts/bench_eval.py: seconds per benchmark question through the lmms-eval backend, Qwen2-VL-7B's shape
+    (random weights, VideoRoPE, bf16, fa2) at the 8k and 64k presets on a 2-min and a 30-min video."""
+    if args.smoke:
+        shape = ["--random", "tiny", "--contexts", "1024", "--durations", "20", "--video-size", "128", "192",
+                 "--repeats", "1", "--decode-tokens", "2", "--attn", "flash_attention_2", "--dtype", "float32",
+                 "--device", "cpu"]
+    else:
+        shape = ["--random", "qwen2-vl-7b", "--contexts", "8k", "64k", "--durations", "120", "1800", "--repeats", "2",
+                 "--attn", "flash_attention_2"]
+    code, seconds = run([sys.executable, "scripts/bench_eval.py", *shape, "--out", out / "bench_eval.json"],
+                        out / "bench_eval.log", env, timeout=args.eval_timeout)
+    if code:
+        return {"ok": False, "seconds": seconds, "error": tail(out / "bench_eval.log", 5)}
+    report = json.loads((out / "bench_eval.json").read_text())
+    figures = {}
+    for row in report["rows"]:
+        hours = ", ".join(f"{name} {value:.1f} h" for name, value in row["hours"].items())
+        figures[f"{row['context']}, {row['video s']:g} s video"] = (
+            f"{row['input tokens']} tokens, prepare {row['prepare s']['median']:.2f} s, prefill "
+            f"{row['prefill s']['median']:.2f} s, decode {row['decode s/token']['median'] * 1e3:.1f} ms/token, "
+            f"{row['question s']:.2f} s/question; {hours}")
+    return {"ok": True, "seconds": seconds, "figures": figures}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_check")
@@ -214,6 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", type=int, default=None, help="default: every visible GPU")
     parser.add_argument("--port", type=int, default=29533)
     parser.add_argument("--timeout", type=int, default=400, help="seconds per training run")
+    parser.add_argument("--eval-timeout", type=int, default=480, help="seconds for the evaluation-time part")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, flash_attn stand-in (tests only)")
     args = parser.parse_args(argv)
 
@@ -262,6 +294,9 @@ def main(argv=None) -> int:
 
     parts["train + resume"] = train_and_resume(out, args, env)
     print("train + resume:", {k: v for k, v in parts["train + resume"].items() if k != "log"})
+
+    parts["evaluation time"] = evaluation_time(out, args, env)
+    print("evaluation time:", parts["evaluation time"])
 
     report["ok"] = all(part.get("ok") or part.get("skipped") for part in parts.values())
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -26,3 +26,8 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert "videorope/mrope train step" in report["parts"]["benchmark"]["figures"]
     table = (out / "gpu_check.md").read_text()
     assert "| train + resume | ok |" in table and "| benchmark | ok |" in table
+    # evaluation time through the lmms-eval backend with fa2 (the stand-in): 20 s video, 144-token frames = 3000
+    (figures,) = report["parts"]["evaluation time"]["figures"].values()
+    assert "| evaluation time | ok |" in table and "s/question" in figures
+    rows = json.loads((out / "bench_eval.json").read_text())
+    assert rows["attention"] == "flash_attention_2" and rows["rows"][0]["video tokens"] == 20 * 10 * 15

@@ -104,7 +104,26 @@ class VideoRope(_lmms_base()):
             raise ValueError("videorope: batch_size must be 1 (long videos; one sample fills the context)")
         from .model import load_model
 
-        self.loaded = load_model(pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        self._configure(load_model(pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation),
+                        context, frames, fps, total_pixels, min_frame_pixels, max_frame_pixels, system_prompt,
+                        max_new_tokens)
+
+    @classmethod
+    def from_loaded(cls, loaded, context: str = "8k", frames: Optional[int] = None, fps: float = FPS,
+                    total_pixels: Optional[int] = None, min_frame_pixels: Optional[int] = None,
+                    max_frame_pixels: Optional[int] = None, system_prompt: Optional[str] = None,
+                    max_new_tokens: int = 128) -> "VideoRope":
+        """The backend around an already loaded model (``LoadedModel``): one model, several context presets
+        (scripts/bench_eval.py)."""
+        self = cls.__new__(cls)
+        super(VideoRope, self).__init__()
+        self._configure(loaded, context, frames, fps, total_pixels, min_frame_pixels, max_frame_pixels, system_prompt,
+                        max_new_tokens)
+        return self
+
+    def _configure(self, loaded, context, frames, fps, total_pixels, min_frame_pixels, max_frame_pixels,
+                   system_prompt, max_new_tokens) -> None:
+        self.loaded = loaded
         self.budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)
         self.frames, self.fps = (int(frames) if frames else None), float(fps)
         self.system_prompt, self.max_new_tokens = system_prompt, int(max_new_tokens)
@@ -130,7 +149,9 @@ class VideoRope(_lmms_base()):
     def rope(self):
         return self.loaded.rope
 
-    def _inputs(self, context: str, visuals: list):
+    def prompt_inputs(self, context: str, visuals: list):
+        """The processor inputs (on the model's device) of one request: ``visuals`` (video paths, PIL images) then
+        the text ``context``, in the checkpoint's chat template with the generation prompt."""
         processor = self.loaded.processor
         content, videos, images = [], [], []
         for visual in visuals:
@@ -163,7 +184,7 @@ class VideoRope(_lmms_base()):
         gen_kwargs = dict(gen_kwargs or {})
         until = gen_kwargs.pop("until", None)
         until = [until] if isinstance(until, str) else list(until or [])
-        inputs = self._inputs(context, visuals)
+        inputs = self.prompt_inputs(context, visuals)
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
         generate = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
                     "do_sample": temperature > 0, "num_beams": int(gen_kwargs.get("num_beams", 1) or 1)}
@@ -233,6 +254,6 @@ class VideoRope(_lmms_base()):
             target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
             if not target:
                 raise ValueError(f"videorope: {task} doc {doc_id}: the continuation {continuation!r} has no tokens")
-            results.append(self.continuation_score(self._inputs(context, self._flat(doc_to_visual(doc))), target))
+            results.append(self.continuation_score(self.prompt_inputs(context, self._flat(doc_to_visual(doc))), target))
             self.cache_hook.add_partial("loglikelihood", (context, continuation), results[-1])
         return results
