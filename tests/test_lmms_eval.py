@@ -201,7 +201,7 @@ def test_loglikelihood_equals_the_generation_path(backend):
 
     tokenizer, video = backend.tokenizer, backend.task_dict["t"]["test"][0]["video"]
     context, visual = "Describe the video.", (lambda doc: [doc["video"]])
-    inputs = backend._inputs(context, [video])
+    inputs = backend.prompt_inputs(context, [video])
     start = inputs["input_ids"].shape[1]
 
     def reference(forced=None, steps=2):
