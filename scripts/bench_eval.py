@@ -8,8 +8,12 @@
 Every question goes through the lmms-eval backend's own path (``eval/lmms.py``: 2 fps, at most 768 frames, the
 context's pixel budget, the processor, ``model.generate``), one question at a time as lmms-eval runs it:
 
-* ``prepare``: reading the sampled frames + the processor (CPU; ``read_frames`` decodes the whole file once, so
-  real files cost more per second of video than the small synthetic ones — pass ``--video`` to time yours);
+* ``prepare``: reading the sampled frames + the processor (CPU). ``read_frames`` decodes every frame of the file
+  once, so this part grows with the source frames (reported): a 30 fps film costs several times a synthetic
+  4 fps video of the same length — pass ``--video`` to time one of yours;
+* ``prepare, same video``: the next question on that video (the backend keeps the last video's frames; only the
+  processor runs again). Estimates use ``prepare`` for every question: an upper bound where several questions share
+  a video (Video-MME: three per video, asked in a row);
 * ``prefill``: ``generate`` with one new token = the forward over the whole prompt;
 * ``decode``: per further token, (generate with 1 + N tokens − generate with 1) / N, the N forced with
   ``min_new_tokens`` (a random model would otherwise stop anywhere).
@@ -37,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from videorope_train.eval.data import probe_video  # noqa: E402
 from videorope_train.eval.lmms import CONTEXTS, VideoRope  # noqa: E402
 from videorope_train.eval.model import LoadedModel, load_model  # noqa: E402
 
@@ -119,16 +124,23 @@ def time_question(backend: VideoRope, video: str, decode_tokens: int, repeats: i
         sync(device)
         return time.perf_counter() - start
 
-    prepare, prefill, decode = [], [], []
-    for repeat in range(repeats + 1):  # the first round warms up (kernels, allocator, file cache)
+    def prepare_inputs():
+        sync(device)
         start = time.perf_counter()
         inputs = backend.prompt_inputs(PROMPT, [video])
         sync(device)
-        seconds = time.perf_counter() - start
+        return inputs, time.perf_counter() - start
+
+    prepare, again, prefill, decode = [], [], [], []
+    for repeat in range(repeats + 1):  # the first round warms up (kernels, allocator, file cache)
+        backend.last_video = None  # a question on a video not read yet
+        inputs, seconds = prepare_inputs()
+        _, seconds_again = prepare_inputs()  # the next question on the same video: its frames are kept
         one = generate(inputs, 1)
         many = generate(inputs, 1 + decode_tokens)
         if repeat:
             prepare.append(seconds)
+            again.append(seconds_again)
             prefill.append(one)
             decode.append((many - one) / decode_tokens)
     ids = inputs["input_ids"][0]
@@ -136,7 +148,8 @@ def time_question(backend: VideoRope, video: str, decode_tokens: int, repeats: i
     return {"input tokens": int(ids.numel()),
             "video tokens": int((ids == backend.model.config.video_token_id).sum()),
             "frames": int(grid[0]) * int(backend.model.config.vision_config.temporal_patch_size),
-            "video grid": grid, "prepare s": spread(prepare), "prefill s": spread(prefill),
+            "video grid": grid, "prepare s": spread(prepare), "prepare s, same video": spread(again),
+            "prefill s": spread(prefill),
             "decode s/token": spread(decode)}
 
 
@@ -150,16 +163,17 @@ def estimates(row: dict, answer_tokens: int, questions: dict) -> dict:
 
 def table(report: dict) -> str:
     names = list(report["questions"])
-    lines = ["| context | video s | frames | input tokens | prepare s | prefill s | decode ms/token | question s | "
-             + " | ".join(f"{name} h" for name in names) + " |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
+    lines = ["| context | video s | source frames | frames | input tokens | prepare s | prefill s | decode ms/token | "
+             "question s | " + " | ".join(f"{name} h" for name in names) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
 
     def cell(values, scale=1.0, digits=2):
         return (f"{values['median'] * scale:.{digits}f} ({values['min'] * scale:.{digits}f}–"
                 f"{values['max'] * scale:.{digits}f})")
 
     for row in report["rows"]:
-        lines.append(f"| {row['context']} | {row['video s']:g} | {row['frames']} | {row['input tokens']} | "
+        lines.append(f"| {row['context']} | {row['video s']:g} | {row['source frames']} | {row['frames']} | "
+                     f"{row['input tokens']} | "
                      f"{cell(row['prepare s'])} | {cell(row['prefill s'])} | {cell(row['decode s/token'], 1e3, 1)} | "
                      f"{row['question s']:.2f} | " + " | ".join(f"{row['hours'][n]:.1f}" for n in names) + " |")
     return "\n".join(lines)
@@ -227,11 +241,9 @@ def main(argv=None) -> int:
             backend = VideoRope.from_loaded(loaded, context=context, min_frame_pixels=floor)
             for seconds, video in videos:
                 if seconds is None:
-                    from videorope_train.eval.data import probe_video
-
                     seconds = probe_video(video).duration
-                row = {"context": context, "video s": seconds, **time_question(backend, video, args.decode_tokens,
-                                                                                args.repeats)}
+                row = {"context": context, "video s": seconds, "source frames": probe_video(video).frames,
+                       **time_question(backend, video, args.decode_tokens, args.repeats)}
                 row.update(estimates(row, args.answer_tokens, questions))
                 rows.append(row)
                 print(f"context {context}, {seconds:g} s video: {row['input tokens']} tokens, "

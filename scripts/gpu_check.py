@@ -222,7 +222,7 @@ def evaluation_time(out: Path, args, env: dict) -> dict:
                  "--device", "cpu"]
     else:
         shape = ["--random", "qwen2-vl-7b", "--contexts", "8k", "64k", "--durations", "120", "1800", "--repeats", "2",
-                 "--attn", "flash_attention_2"]
+                 "--video-fps", "2", "--attn", "flash_attention_2"]
     code, seconds = run([sys.executable, "scripts/bench_eval.py", *shape, "--out", out / "bench_eval.json"],
                         out / "bench_eval.log", env, timeout=args.eval_timeout)
     if code:
@@ -232,7 +232,8 @@ def evaluation_time(out: Path, args, env: dict) -> dict:
     for row in report["rows"]:
         hours = ", ".join(f"{name} {value:.1f} h" for name, value in row["hours"].items())
         figures[f"{row['context']}, {row['video s']:g} s video"] = (
-            f"{row['input tokens']} tokens, prepare {row['prepare s']['median']:.2f} s, prefill "
+            f"{row['input tokens']} tokens, prepare {row['prepare s']['median']:.2f} s ({row['source frames']} "
+            f"source frames), prefill "
             f"{row['prefill s']['median']:.2f} s, decode {row['decode s/token']['median'] * 1e3:.1f} ms/token, "
             f"{row['question s']:.2f} s/question; {hours}")
     return {"ok": True, "seconds": seconds, "figures": figures}

@@ -60,16 +60,16 @@ def test_bench_eval_times_questions_as_the_backend_builds_them(tmp_path):
     assert rows["1024"]["video grid"] == [20, 8, 12] and rows["1024"]["video tokens"] == 20 * 4 * 6
     assert rows["4096"]["video grid"] == [20, 10, 14] and rows["4096"]["video tokens"] == 20 * 5 * 7
     for row in rows.values():
-        assert row["frames"] == 40 and row["video s"] == 20
+        assert row["frames"] == 40 and row["video s"] == 20 and row["source frames"] == 80  # 20 s at 4 fps
         assert row["input tokens"] > row["video tokens"]  # the multiple-choice prompt around the video
-        for part in ("prepare s", "prefill s", "decode s/token"):
+        for part in ("prepare s", "prepare s, same video", "prefill s", "decode s/token"):
             timing = row[part]
             assert timing["n"] == 2 and timing["min"] <= timing["median"] <= timing["max"]
         assert row["prepare s"]["min"] > 0 and row["prefill s"]["min"] > 0
         assert set(row["hours"]) == {"videomme", "longvideobench_val_v", "mlvu_dev"}
         assert row["hours"]["videomme"] == pytest.approx(2700 * row["question s"] / 3600)
     assert report["parameters"] > 0 and report["attention"] == "sdpa"
-    assert "| 1024 | 20 | 40 | " in stdout  # the printed table
+    assert "| 1024 | 20 | 80 | 40 | " in stdout  # the printed table
 
 
 def test_bench_eval_on_a_checkpoint_and_a_given_video(tmp_path):

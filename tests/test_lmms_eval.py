@@ -249,3 +249,32 @@ def test_multi_round_follows_the_task_protocol(backend):
         _Request(f"You said: {answers[0]}. Again?", {"max_new_tokens": 3}, visual, 0, "t", "test")])
     assert answers == (first.strip(), second.strip())
     assert seen == [([answers[0]], 1, None), (list(answers), 2, {"round": 1})]
+
+
+def test_consecutive_questions_on_one_video_decode_it_once(backend, tmp_path, monkeypatch):
+    """The backend keeps the last video's frames: a second question on the same file does not decode it again and
+    gets the same inputs as a backend that never saw it; another file, or the same path rewritten, is read anew."""
+    import torch
+
+    from videorope_train.data.demo import write_video
+    from videorope_train.eval import lmms
+
+    reads = []
+    real_read = lmms.read_frames
+    monkeypatch.setattr(lmms, "read_frames", lambda *args: reads.append(args[0]) or real_read(*args))
+    first = write_video(tmp_path / "a.mp4", frames=6, width=56, height=84, fps=2, seed=1)
+    other = write_video(tmp_path / "b.mp4", frames=8, width=84, height=56, fps=2, seed=2)
+    backend.last_video = None
+    one = backend.prompt_inputs("Question one?", [str(first)])
+    two = backend.prompt_inputs("Question two?", [str(first)])
+    assert reads == [str(first)]
+    fresh = lmms.VideoRope.from_loaded(backend.loaded, context="8k").prompt_inputs("Question two?", [str(first)])
+    assert reads == [str(first)] * 2
+    for key in ("pixel_values_videos", "video_grid_thw", "input_ids"):
+        assert torch.equal(two[key], fresh[key])
+    assert torch.equal(one["pixel_values_videos"], two["pixel_values_videos"])
+    backend.prompt_inputs("Question three?", [str(other)])
+    assert reads[-1] == str(other) and len(reads) == 3
+    write_video(tmp_path / "b.mp4", frames=10, width=84, height=56, fps=2, seed=3)  # same path, new content
+    grid = backend.prompt_inputs("Question four?", [str(other)])["video_grid_thw"]
+    assert len(reads) == 4 and grid[0, 0].item() == 5  # 5 s at 2 fps = 10 frames = 5 temporal patches
