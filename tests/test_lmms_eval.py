@@ -278,3 +278,54 @@ def test_consecutive_questions_on_one_video_decode_it_once(backend, tmp_path, mo
     write_video(tmp_path / "b.mp4", frames=10, width=84, height=56, fps=2, seed=3)  # same path, new content
     grid = backend.prompt_inputs("Question four?", [str(other)])["video_grid_thw"]
     assert len(reads) == 4 and grid[0, 0].item() == 5  # 5 s at 2 fps = 10 frames = 5 temporal patches
+
+
+def test_the_next_requests_video_is_read_while_this_one_generates(backend, tmp_path, monkeypatch):
+    """Questions A, A, B: while the second question on A generates, B is already being decoded on the reader thread
+    (the generate of that question waits for it, so the overlap is forced, not hoped for); each video is decoded
+    once; the answers are those of plain one-at-a-time generation. A file that cannot be decoded fails its own
+    request with the error a direct read gives."""
+    import threading
+
+    from videorope_train.data.demo import write_video
+    from videorope_train.eval import lmms
+
+    video_a = str(write_video(tmp_path / "a.mp4", frames=6, width=56, height=56, fps=2, seed=4))
+    video_b = str(write_video(tmp_path / "b.mp4", frames=4, width=84, height=56, fps=2, seed=5))
+    reads, b_started = [], threading.Event()
+    real_frames = lmms.video_frames
+
+    def spy(path, *args):
+        reads.append((path, threading.current_thread().name))
+        if path == video_b:
+            b_started.set()
+        return real_frames(path, *args)
+
+    generate, calls = backend.model.generate, []
+
+    def generate_waiting_for_b(**kwargs):
+        calls.append(len(calls))
+        if len(calls) == 2:  # the second question on A: B must be on its way
+            assert b_started.wait(timeout=60), "B was not being read while A's second question generated"
+        return generate(**kwargs)
+
+    docs = [{"video": video_a}, {"video": video_a}, {"video": video_b}]
+    gen = {"max_new_tokens": 3, "until": []}
+    expected = [backend._generate(f"Q{i}?", [doc["video"]], gen) for i, doc in enumerate(docs)]
+    monkeypatch.setattr(backend, "task_dict", {"t": {"test": docs}})
+    backend.last_video = None
+    monkeypatch.setattr(lmms, "video_frames", spy)
+    monkeypatch.setattr(backend.model, "generate", generate_waiting_for_b)
+    visual = lambda doc: [doc["video"]]  # noqa: E731
+    answers = backend.generate_until([_Request(f"Q{i}?", dict(gen), visual, i, "t", "test") for i in range(3)])
+    assert answers == expected and len(calls) == 3
+    assert [path for path, _ in reads] == [video_a, video_b]
+    assert reads[1][1].startswith("videorope-video") and backend.pending == {}
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    with pytest.raises(Exception) as direct:
+        real_frames(str(broken), backend.budget)
+    backend.task_dict = {"t": {"test": [{"video": video_a}, {"video": str(broken)}]}}
+    with pytest.raises(type(direct.value)):
+        backend.generate_until([_Request(f"Q{i}?", dict(gen), visual, i, "t", "test") for i in range(2)])

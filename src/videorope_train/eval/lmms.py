@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
 
 import torch
@@ -129,17 +130,53 @@ class VideoRope(_lmms_base()):
         self.frames, self.fps = (int(frames) if frames else None), float(fps)
         self.system_prompt, self.max_new_tokens = system_prompt, int(max_new_tokens)
         self.last_video = None  # (key, frames) of the last video read
+        self.pending = {}  # key -> Future of a video being read ahead
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videorope-video")
+
+    def _video_key(self, path: str) -> tuple:
+        stat = os.stat(path)
+        return os.path.realpath(path), stat.st_size, stat.st_mtime_ns, self.budget, self.fps, self.frames
 
     def video(self, path: str) -> torch.Tensor:
         """uint8 [T, 3, H, W] frames of ``path`` at this backend's settings. The last video's frames are kept:
         lmms-eval hands a task's questions over in document order, and benchmarks ask several in a row about one
-        video (Video-MME: three), which would otherwise decode the whole file again each time."""
-        stat = os.stat(path)
-        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, self.budget, self.fps, self.frames)
+        video (Video-MME: three), which would otherwise decode the whole file again each time. A video read ahead
+        (``read_ahead``) is taken from there."""
+        key = self._video_key(path)
         if self.last_video is None or self.last_video[0] != key:
             self.last_video = None  # the old frames go before the new ones are read
-            self.last_video = (key, video_frames(path, self.budget, self.fps, self.frames))
+            ahead = self.pending.pop(key, None)
+            frames = ahead.result() if ahead else video_frames(path, self.budget, self.fps, self.frames)
+            self.last_video = (key, frames)
         return self.last_video[1]
+
+    def read_ahead(self, visuals: list) -> None:
+        """Start decoding these videos on a background thread (PyAV decodes outside the GIL), so that the next
+        request's decoding overlaps this request's GPU work. A file that cannot be read is left to the request
+        itself, which then fails with the error it would have without reading ahead."""
+        for path in visuals:
+            if not isinstance(path, str):
+                continue
+            try:
+                key = self._video_key(path)
+            except OSError:
+                continue
+            if key not in self.pending and (self.last_video is None or self.last_video[0] != key):
+                self.pending[key] = self.reader.submit(video_frames, path, self.budget, self.fps, self.frames)
+
+    def _reading_ahead(self, requests, visuals_of):
+        """(request, its visuals) in order; each step first starts reading the next request's videos."""
+        requests = list(requests)
+        upcoming = visuals_of(requests[0]) if requests else None
+        try:
+            for index, request in enumerate(requests):
+                visuals = upcoming
+                upcoming = visuals_of(requests[index + 1]) if index + 1 < len(requests) else None
+                if upcoming:
+                    self.read_ahead(upcoming)
+                yield request, visuals
+        finally:
+            self.pending.clear()  # frames read ahead for requests that never came
 
     # what lmms-eval reads
     @property
@@ -192,6 +229,12 @@ class VideoRope(_lmms_base()):
     def _doc(self, task, split, doc_id):
         return self.task_dict[task][split][doc_id]
 
+    def _visuals_of(self, request) -> list:
+        """The visuals of a request of any kind: lmms-eval puts ``doc_to_visual`` third and the document's
+        (doc_id, task, split) last."""
+        doc_id, task, split = request.args[-3:]
+        return self._flat(request.args[2](self._doc(task, split, doc_id)))
+
     def _generate(self, context: str, visuals: list, gen_kwargs: Optional[dict]) -> str:
         """One answer: greedy (or sampled when the task sets a temperature), cut at the task's ``until``."""
         gen_kwargs = dict(gen_kwargs or {})
@@ -215,9 +258,10 @@ class VideoRope(_lmms_base()):
         from tqdm import tqdm
 
         results = []
-        for request in tqdm(requests, disable=self.rank != 0, desc="videorope"):
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            text = self._generate(context, self._flat(doc_to_visual(self._doc(task, split, doc_id))), gen_kwargs)
+        ordered = self._reading_ahead(requests, self._visuals_of)
+        for request, visuals in tqdm(ordered, total=len(requests), disable=self.rank != 0, desc="videorope"):
+            context, gen_kwargs = request.args[:2]
+            text = self._generate(context, visuals, gen_kwargs)
             results.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return results
@@ -227,10 +271,10 @@ class VideoRope(_lmms_base()):
         ``doc_to_text(doc, previous_output=…, round_idx=…, previous_round_info=…)`` for (visuals, context, stop,
         answers so far, info) until it signals the end. Returns each document's answers, one per round."""
         results = []
-        for request in requests:
-            context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+        for request, visuals in self._reading_ahead(requests, self._visuals_of):
+            context, gen_kwargs, _, doc_to_text, doc_id, task, split = request.args
             doc = self._doc(task, split, doc_id)
-            visuals, answers, info, round_idx = self._flat(doc_to_visual(doc)), [], None, 0
+            answers, info, round_idx = [], None, 0
             while True:
                 if round_idx:
                     visuals, context, stop, answers, info = doc_to_text(
@@ -260,13 +304,13 @@ class VideoRope(_lmms_base()):
         """lmms-eval's loglikelihood requests; the continuation is tokenised on its own and appended to the prompt's
         ids (no merge across the boundary)."""
         results = []
-        for request in requests:
-            context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
+        for request, visuals in self._reading_ahead(requests, self._visuals_of):
+            context, doc_to_target, _, doc_id, task, split = request.args
             doc = self._doc(task, split, doc_id)
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
             target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
             if not target:
                 raise ValueError(f"videorope: {task} doc {doc_id}: the continuation {continuation!r} has no tokens")
-            results.append(self.continuation_score(self.prompt_inputs(context, self._flat(doc_to_visual(doc))), target))
+            results.append(self.continuation_score(self.prompt_inputs(context, visuals), target))
             self.cache_hook.add_partial("loglikelihood", (context, continuation), results[-1])
         return results
