@@ -8,21 +8,21 @@
 Every question goes through the lmms-eval backend's own path (``eval/lmms.py``: 2 fps, at most 768 frames, the
 context's pixel budget, the processor, ``model.generate``), one question at a time as lmms-eval runs it:
 
-* ``prepare``: reading the sampled frames + the processor (CPU). ``read_frames`` decodes every frame of the file
-  once, so this part grows with the source frames (reported): a 30 fps film costs several times a synthetic
+* ``read``: decoding the sampled frames of a video not read yet (CPU). ``read_frames`` decodes every frame of the
+  file once, so this grows with the source frames (reported): a 30 fps film costs several times a synthetic
   4 fps video of the same length — pass ``--video`` to time one of yours;
-* ``prepare, same video``: the next question on that video (the backend keeps the last video's frames; only the
-  processor runs again). Estimates use ``prepare`` for every question: an upper bound where several questions share
-  a video (Video-MME: three per video, asked in a row);
+* ``processor``: the processor on those frames and the prompt (what a further question on the same video costs
+  before the GPU: the backend keeps the last video's frames);
 * ``prefill``: ``generate`` with one new token = the forward over the whole prompt;
 * ``decode``: per further token, (generate with 1 + N tokens − generate with 1) / N, the N forced with
   ``min_new_tokens`` (a random model would otherwise stop anywhere).
 
-Timings are medians over ``--repeats`` (after one warm-up per setting) with their min–max. A question then costs
-``prepare + prefill + answer_tokens · decode`` (multiple choice: a letter and the end token), and a benchmark its
-question count times that. The video's duration decides the frame count (2 fps up to 768 frames from 384 s on),
-so the shortest and longest ``--durations`` bracket a benchmark's mix of videos; the longest is the upper bound
-for videos at or above it. Random weights (``--random``) time the same computation as trained ones: shapes, not
+Timings are medians over ``--repeats`` (after one warm-up per setting) with their min–max. The backend reads the
+next question's video on a background thread while the current question runs, so a question on a new video costs
+``max(read, processor + prefill + answer_tokens · decode)`` (multiple choice: a letter and the end token), and a
+benchmark at most its question count times that (questions sharing a video skip the read). The video's duration
+decides the frame count (2 fps up to 768 frames from 384 s on), so the shortest and longest ``--durations`` bracket
+a benchmark's mix of videos; the longest is the upper bound for videos at or above it. Random weights (``--random``) time the same computation as trained ones: shapes, not
 values, set the cost. Writes JSON (``--out``) and prints a table.
 """
 
@@ -112,35 +112,31 @@ def spread(values: list[float]) -> dict:
 
 
 def time_question(backend: VideoRope, video: str, decode_tokens: int, repeats: int) -> dict:
-    """prepare / prefill / decode-per-token seconds of one question on ``video`` (see the module docstring)."""
+    """read / processor / prefill / decode-per-token seconds of one question on ``video`` (module docstring)."""
     model, tokenizer, device = backend.model, backend.tokenizer, backend.device
 
     def generate(inputs, new_tokens):
-        sync(device)
-        start = time.perf_counter()
         with torch.inference_mode():
             model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                            num_beams=1, pad_token_id=tokenizer.pad_token_id)
-        sync(device)
-        return time.perf_counter() - start
 
-    def prepare_inputs():
+    def timed(fn):
         sync(device)
         start = time.perf_counter()
-        inputs = backend.prompt_inputs(PROMPT, [video])
+        value = fn()
         sync(device)
-        return inputs, time.perf_counter() - start
+        return value, time.perf_counter() - start
 
-    prepare, again, prefill, decode = [], [], [], []
+    read, processor, prefill, decode = [], [], [], []
     for repeat in range(repeats + 1):  # the first round warms up (kernels, allocator, file cache)
-        backend.last_video = None  # a question on a video not read yet
-        inputs, seconds = prepare_inputs()
-        _, seconds_again = prepare_inputs()  # the next question on the same video: its frames are kept
-        one = generate(inputs, 1)
-        many = generate(inputs, 1 + decode_tokens)
+        backend.last_video = None  # a video not read yet
+        _, read_s = timed(lambda: backend.video(video))
+        inputs, processor_s = timed(lambda: backend.prompt_inputs(PROMPT, [video]))  # frames kept: processor only
+        _, one = timed(lambda: generate(inputs, 1))
+        _, many = timed(lambda: generate(inputs, 1 + decode_tokens))
         if repeat:
-            prepare.append(seconds)
-            again.append(seconds_again)
+            read.append(read_s)
+            processor.append(processor_s)
             prefill.append(one)
             decode.append((many - one) / decode_tokens)
     ids = inputs["input_ids"][0]
@@ -148,24 +144,26 @@ def time_question(backend: VideoRope, video: str, decode_tokens: int, repeats: i
     return {"input tokens": int(ids.numel()),
             "video tokens": int((ids == backend.model.config.video_token_id).sum()),
             "frames": int(grid[0]) * int(backend.model.config.vision_config.temporal_patch_size),
-            "video grid": grid, "prepare s": spread(prepare), "prepare s, same video": spread(again),
+            "video grid": grid, "read s": spread(read), "processor s": spread(processor),
             "prefill s": spread(prefill),
             "decode s/token": spread(decode)}
 
 
 def estimates(row: dict, answer_tokens: int, questions: dict) -> dict:
-    """Seconds per question (medians) and hours per benchmark at that cost."""
-    per_question = (row["prepare s"]["median"] + row["prefill s"]["median"]
-                    + answer_tokens * row["decode s/token"]["median"])
+    """Seconds per question on a new video (medians) and hours per benchmark at that cost. The backend reads the
+    next question's video while this one runs (processor + GPU), so a question costs the longer of the two."""
+    busy = (row["processor s"]["median"] + row["prefill s"]["median"]
+            + answer_tokens * row["decode s/token"]["median"])
+    per_question = max(row["read s"]["median"], busy)
     return {"question s": per_question, "hours": {name: count * per_question / 3600
                                                   for name, count in questions.items()}}
 
 
 def table(report: dict) -> str:
     names = list(report["questions"])
-    lines = ["| context | video s | source frames | frames | input tokens | prepare s | prefill s | decode ms/token | "
-             "question s | " + " | ".join(f"{name} h" for name in names) + " |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
+    lines = ["| context | video s | source frames | frames | input tokens | read s | processor s | prefill s | "
+             "decode ms/token | question s | " + " | ".join(f"{name} h" for name in names) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
 
     def cell(values, scale=1.0, digits=2):
         return (f"{values['median'] * scale:.{digits}f} ({values['min'] * scale:.{digits}f}–"
@@ -174,7 +172,8 @@ def table(report: dict) -> str:
     for row in report["rows"]:
         lines.append(f"| {row['context']} | {row['video s']:g} | {row['source frames']} | {row['frames']} | "
                      f"{row['input tokens']} | "
-                     f"{cell(row['prepare s'])} | {cell(row['prefill s'])} | {cell(row['decode s/token'], 1e3, 1)} | "
+                     f"{cell(row['read s'])} | {cell(row['processor s'])} | {cell(row['prefill s'])} | "
+                     f"{cell(row['decode s/token'], 1e3, 1)} | "
                      f"{row['question s']:.2f} | " + " | ".join(f"{row['hours'][n]:.1f}" for n in names) + " |")
     return "\n".join(lines)
 

@@ -232,8 +232,8 @@ def evaluation_time(out: Path, args, env: dict) -> dict:
     for row in report["rows"]:
         hours = ", ".join(f"{name} {value:.1f} h" for name, value in row["hours"].items())
         figures[f"{row['context']}, {row['video s']:g} s video"] = (
-            f"{row['input tokens']} tokens, prepare {row['prepare s']['median']:.2f} s ({row['source frames']} "
-            f"source frames), prefill "
+            f"{row['input tokens']} tokens, read {row['read s']['median']:.2f} s ({row['source frames']} "
+            f"source frames), processor {row['processor s']['median']:.2f} s, prefill "
             f"{row['prefill s']['median']:.2f} s, decode {row['decode s/token']['median'] * 1e3:.1f} ms/token, "
             f"{row['question s']:.2f} s/question; {hours}")
     return {"ok": True, "seconds": seconds, "figures": figures}
