@@ -237,7 +237,7 @@ def main(argv=None) -> int:
         rows = []
         for context in args.contexts:
             floor = args.min_frame_tokens * 28 * 28 if args.min_frame_tokens else None
-            backend = VideoRope.from_loaded(loaded, context=context, min_frame_pixels=floor)
+            backend = VideoRope(pretrained=loaded, context=context, min_frame_pixels=floor)
             for seconds, video in videos:
                 if seconds is None:
                     seconds = probe_video(video).duration

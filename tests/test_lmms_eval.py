@@ -268,7 +268,7 @@ def test_consecutive_questions_on_one_video_decode_it_once(backend, tmp_path, mo
     one = backend.prompt_inputs("Question one?", [str(first)])
     two = backend.prompt_inputs("Question two?", [str(first)])
     assert reads == [str(first)]
-    fresh = lmms.VideoRope.from_loaded(backend.loaded, context="8k").prompt_inputs("Question two?", [str(first)])
+    fresh = lmms.VideoRope(pretrained=backend.loaded, context="8k").prompt_inputs("Question two?", [str(first)])
     assert reads == [str(first)] * 2
     for key in ("pixel_values_videos", "video_grid_thw", "input_ids"):
         assert torch.equal(two[key], fresh[key])

@@ -92,7 +92,7 @@ class VideoRope(_lmms_base()):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, context: str = "8k", frames: Optional[int] = None, fps: float = FPS,
+    def __init__(self, pretrained, context: str = "8k", frames: Optional[int] = None, fps: float = FPS,
                  total_pixels: Optional[int] = None, min_frame_pixels: Optional[int] = None,
                  max_frame_pixels: Optional[int] = None, device: Optional[str] = None, dtype: str = "auto",
                  attn_implementation: Optional[str] = None, batch_size: int | str = 1,
@@ -104,28 +104,11 @@ class VideoRope(_lmms_base()):
                              "attn_implementation, system_prompt, max_new_tokens")
         if int(batch_size) != 1:
             raise ValueError("videorope: batch_size must be 1 (long videos; one sample fills the context)")
-        from .model import load_model
+        from .model import LoadedModel, load_model
 
-        self._configure(load_model(pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation),
-                        context, frames, fps, total_pixels, min_frame_pixels, max_frame_pixels, system_prompt,
-                        max_new_tokens)
-
-    @classmethod
-    def from_loaded(cls, loaded, context: str = "8k", frames: Optional[int] = None, fps: float = FPS,
-                    total_pixels: Optional[int] = None, min_frame_pixels: Optional[int] = None,
-                    max_frame_pixels: Optional[int] = None, system_prompt: Optional[str] = None,
-                    max_new_tokens: int = 128) -> "VideoRope":
-        """The backend around an already loaded model (``LoadedModel``): one model, several context presets
-        (scripts/bench_eval.py)."""
-        self = cls.__new__(cls)
-        super(VideoRope, self).__init__()
-        self._configure(loaded, context, frames, fps, total_pixels, min_frame_pixels, max_frame_pixels, system_prompt,
-                        max_new_tokens)
-        return self
-
-    def _configure(self, loaded, context, frames, fps, total_pixels, min_frame_pixels, max_frame_pixels,
-                   system_prompt, max_new_tokens) -> None:
-        self.loaded = loaded
+        # an already loaded model serves several presets (scripts/bench_eval.py); lmms-eval passes a directory
+        self.loaded = pretrained if isinstance(pretrained, LoadedModel) else load_model(
+            pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
         self.budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)
         self.frames, self.fps = (int(frames) if frames else None), float(fps)
         self.system_prompt, self.max_new_tokens = system_prompt, int(max_new_tokens)
