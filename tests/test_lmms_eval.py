@@ -62,22 +62,30 @@ def test_frame_sampling_follows_the_authors_settings():
 
 
 def test_the_frame_floor_outweighs_the_context_budget_on_long_videos():
-    """A 30-min 640x360 video: 768 frames at 2 fps = 384 temporal patches. At 8k the budget's share is
-    2 * 7680 * 784 / 768 = 20 tokens' worth per frame, below the 144-token floor, so the floor (112,896 px) sets the
-    size: 360x640 scaled by sqrt(230400 / 112896) = 10/7 -> 252x448 = 9x16 = 144 tokens, 55,296 in all; the same at
-    16k and 32k. At 64k the share, 2 * 63488 * 784 / 768 = 165.3 tokens' worth (129,621 px), exceeds the floor:
-    scaled by sqrt(230400 / 129621) and floored to 28-multiples: 252x476 = 9x17 = 153 tokens -> 58,752."""
-    from videorope_train.eval.lmms import frame_count, frame_size, video_budget
+    """qwen_vl_utils' rule, worked by hand. A 30-min video: 768 frames at 2 fps = 384 temporal patches. At 8k the
+    frame's share is 2 * 7680 * 784 / 768 = 20 tokens' worth, below the floor, so the limit is
+    int(1.05 * 144 * 784) = 118,540 px (the same at 16k and 32k):
+    640x360: 364x644 rounded is too big; scaled by sqrt(230400 / 118540) = 1.3942 and floored to 28-multiples:
+    252x448 = 9x16 = 144 tokens -> 55,296 video tokens. 640x480: scaled by sqrt(307200 / 118540) = 1.6098:
+    480 / 1.6098 / 28 = 10.65 -> 280, 640 / 1.6098 / 28 = 14.20 -> 392: 10x14 = 140 tokens -> 53,760 (with the
+    limit at the bare floor, 112,896 px, it would be 280x364 = 130 tokens).
+    At 64k the share, 2 * 63488 * 784 / 768 = 129,621 px, is above 118,540: 640x360 scaled by sqrt(230400 / 129621)
+    = 1.3332 -> 270.0 / 28 = 9.64 -> 252, 480.0 / 28 = 17.1 -> 476: 9x17 = 153 tokens -> 58,752."""
+    from videorope_train.eval.lmms import frame_count, frame_pixel_limit, frame_size, video_budget
 
     frames = frame_count(duration=1800.0, available=54000)
     assert frames == 768
-    floor, above = (252, 448, 55_296), (252, 476, 58_752)
-    for context, (height, width, tokens) in (("8k", floor), ("16k", floor), ("32k", floor), ("64k", above)):
+    for context in ("8k", "16k", "32k"):
         budget = video_budget(context)
-        limit = budget.frame_max_pixels(frames)
-        assert limit == (144 * 784 if context != "64k" else 2 * 63488 * 784 // 768)
-        size = frame_size(360, 640, min(budget.min_frame_pixels, limit), limit)
-        assert size == (height, width) and frames // 2 * (size[0] // 28) * (size[1] // 28) == tokens
+        limit = frame_pixel_limit(budget, frames)
+        assert limit == 118_540
+        assert frame_size(360, 640, budget.min_frame_pixels, limit) == (252, 448)
+        assert frame_size(480, 640, budget.min_frame_pixels, limit) == (280, 392)
+    budget = video_budget("64k")
+    limit = frame_pixel_limit(budget, frames)
+    assert limit == pytest.approx(129_621.33, abs=0.01)
+    assert frame_size(360, 640, budget.min_frame_pixels, limit) == (252, 476)
+    assert frame_pixel_limit(video_budget("8k"), 8) == 768 * 784  # a short clip: the per-frame cap
 
 
 def test_lmms_eval_cli_scores_a_local_task_with_the_checkpoints_positions(hooked_dir, tmp_path):

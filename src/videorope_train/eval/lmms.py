@@ -6,7 +6,8 @@ used; lmms-eval's own ``qwen2_vl`` model would load it with the stock class and 
 
 Video input follows the authors' evaluation (their ``eval/model_*_qwen2_vl.py``): frames at 2 fps (at most 768,
 an even count, at least 4), a per-video pixel budget ``total_pixels = (context − 512) · 28 · 28`` shared by the
-frames, each frame between 144 and 768 tokens' worth of pixels, greedy decoding. ``context=8k|16k|32k|64k`` picks
+frames, each frame between 144 and 768 tokens' worth of pixels (qwen_vl_utils' rule: the floor, with 5% slack,
+wins over the budget on long videos), greedy decoding. ``context=8k|16k|32k|64k`` picks
 the papers' four settings (8192, 16384, 32768, 64000 tokens); ``frames``, ``fps``, ``total_pixels``,
 ``min_frame_pixels`` and ``max_frame_pixels`` override single values.
 """
@@ -66,6 +67,14 @@ def frame_size(height: int, width: int, min_pixels: int, max_pixels: int, factor
     return new_h, new_w
 
 
+def frame_pixel_limit(budget: VideoBudget, frames: int) -> float:
+    """Most pixels a frame of a ``frames``-frame video may keep, by qwen_vl_utils' rule (what the authors' evaluation
+    runs): the frame's share of the budget (two frames per temporal patch), at most ``max_frame_pixels``, and never
+    below 1.05 x ``min_frame_pixels`` — so on long videos the per-frame floor wins over the context's budget."""
+    share = budget.total_pixels / frames * 2
+    return max(min(budget.max_frame_pixels, share), int(budget.min_frame_pixels * 1.05))
+
+
 def video_frames(path: str, budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None) -> torch.Tensor:
     """uint8 [T, 3, H, W] frames of ``path`` as the authors' evaluation feeds them."""
     import av
@@ -75,8 +84,7 @@ def video_frames(path: str, budget: VideoBudget, fps: float = FPS, frames: Optio
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         height, width = stream.codec_context.height, stream.codec_context.width
-    limit = budget.frame_max_pixels(count)
-    size = frame_size(height, width, min(budget.min_frame_pixels, limit), limit)
+    size = frame_size(height, width, budget.min_frame_pixels, frame_pixel_limit(budget, count))
     times, _ = sample_times(info, count)
     return torch.from_numpy(read_frames(path, times, size)).permute(0, 3, 1, 2).contiguous()
 
