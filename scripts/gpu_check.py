@@ -13,7 +13,7 @@
    through ``llamafactory-cli``; a second run is killed after its mid-way checkpoint and restarted through
    ``scripts/train_local.sh``, which resumes it; its losses after the restart must match the uninterrupted run's;
 5. evaluation time per benchmark question (scripts/bench_eval.py): Qwen2-VL-7B's shape with random weights through
-   the lmms-eval backend at the 8k and 64k presets (prefill, decode per token, video preparation).
+   the lmms-eval backend at the 8k and 64k presets (video read, processor, prefill, decode per token).
 
 Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``; exits 1 if any part failed.  No network.  ``--smoke``
 runs the same orchestration on a CPU with tiny sizes and the flash_attn stand-in (the test suite uses it).

@@ -25,6 +25,37 @@ def flash_attn_cpu():
     return flash_attn
 
 
+def fresh_process_env() -> dict:
+    """This process's environment without the test-only start-up (tests/site on PYTHONPATH, FLASH_ATTN_CPU*,
+    VIDEOROPE_*): a child started with it imports the flash_attn the machine has, not the stand-in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASH_ATTN_CPU", "VIDEOROPE_"))}
+    path = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep)
+            if entry and os.path.abspath(entry) != SITE]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    return env
+
+
+def stand_in_loaded() -> bool:
+    """Whether this process imported the flash_attn stand-in (test_flash_attention.py puts it first on sys.path;
+    transformers keeps the functions it imported, so the real kernels cannot come back in this process)."""
+    import sys
+
+    return hasattr(sys.modules.get("flash_attn"), "CALLS")
+
+
+def run_in_fresh_process(nodeid: str) -> None:
+    """Run one test in a child pytest with ``fresh_process_env`` and require that it passed (not skipped)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", nodeid],
+                            cwd=root, env=fresh_process_env(), capture_output=True, text=True, timeout=1800)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0 and "1 passed" in summary and "skipped" not in summary, (
+        f"{nodeid} in a fresh process: {summary}\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+
+
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:

@@ -7,7 +7,7 @@ boundaries must come from the model once per forward, not from transformers' per
 
 import pytest
 import torch
-from conftest import make_inputs
+from conftest import SITE, fresh_process_env, make_inputs, run_in_fresh_process, stand_in_loaded
 from test_hook import MIXED, visual_kwargs
 
 from videorope_train.hook.compat import FLASH_SINK_BUG, TRANSFORMERS_VERSION
@@ -191,3 +191,26 @@ def test_the_sink_guard_is_what_keeps_fa2_alive_and_is_scoped(hooked_dir, tiny_b
         monkeypatch.setattr(compat, "FLASH_SINK_BUG", set())  # as if the release were fixed: no guard
         with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'to'"):
             flash(**inputs)
+
+
+def test_a_fresh_process_finds_the_machines_flash_attn_not_the_stand_in(fa2, monkeypatch):
+    """What tests/test_gpu.py relies on when the whole suite runs on a GPU: with the stand-in loaded here, and the
+    start-up variables a subprocess test may leave set, a child started with ``fresh_process_env`` finds the
+    flash_attn the machine has (none on a CPU machine), where the unscrubbed environment finds the stand-in; and
+    ``run_in_fresh_process`` accepts a pass only (a test skipped in the child is an error)."""
+    import os
+    import subprocess
+    import sys
+
+    assert stand_in_loaded()
+    monkeypatch.setenv("FLASH_ATTN_CPU", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SITE, os.environ.get("PYTHONPATH", "")]))
+    probe = [sys.executable, "-c",
+             "import importlib.util as u; s = u.find_spec('flash_attn'); print(s.origin if s else None)"]
+    leaked = subprocess.run(probe, env=dict(os.environ), capture_output=True, text=True, check=True).stdout
+    fresh = subprocess.run(probe, env=fresh_process_env(), capture_output=True, text=True, check=True).stdout
+    assert SITE in leaked and SITE not in fresh
+    run_in_fresh_process("tests/test_video_budget.py::test_budget_formula")
+    if not torch.cuda.is_available():  # test_gpu.py skips on this machine: refused, not taken for a pass
+        with pytest.raises(AssertionError, match="in a fresh process: .*skipped"):
+            run_in_fresh_process("tests/test_gpu.py::test_bf16_generate_equals_full_forward_with_fused_rotary[mrope]")
