@@ -9,11 +9,12 @@ import pytest  # noqa: E402
 
 
 SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")  # test-only start-up for subprocesses
+FLASH_ATTN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "torch_flash_attn")
 
 
 @pytest.fixture(scope="session")
 def flash_attn_cpu():
-    """The flash_attn stand-in (tests/site), accepted by transformers on CPU in this process; returns the module."""
+    """The flash_attn package of tools/torch_flash_attn, accepted by transformers on CPU in this process; returns the module."""
     import sys
 
     sys.path.insert(0, SITE)
@@ -36,11 +37,11 @@ def fresh_process_env() -> dict:
 
 
 def stand_in_loaded() -> bool:
-    """Whether this process imported the flash_attn stand-in (test_flash_attention.py puts it first on sys.path;
-    transformers keeps the functions it imported, so the real kernels cannot come back in this process)."""
+    """Whether this process made transformers take tools/torch_flash_attn on CPU (test_flash_attention.py;
+    transformers keeps the functions it imported, so an installed flash-attn cannot come back in this process)."""
     import sys
 
-    return hasattr(sys.modules.get("flash_attn"), "CALLS")
+    return getattr(sys.modules.get("flash_attn_cpu_device"), "_installed", False)
 
 
 def run_in_fresh_process(nodeid: str) -> None:

@@ -1,4 +1,4 @@
-"""Flash-attention 2 on CPU: transformers' real integration, only the CUDA kernels stood in (tests/site/flash_attn).
+"""Flash-attention 2 on CPU: transformers' real integration, only the CUDA kernels stood in (tools/torch_flash_attn).
 
 The hooked model with ``attn_implementation="flash_attention_2"`` must equal sdpa (forward and backward) on a
 left-padded mixed batch, on a packed row in LLaMA-Factory's layout, and in ``generate``; the packed row's varlen
@@ -7,7 +7,7 @@ boundaries must come from the model once per forward, not from transformers' per
 
 import pytest
 import torch
-from conftest import SITE, fresh_process_env, make_inputs, run_in_fresh_process, stand_in_loaded
+from conftest import FLASH_ATTN_DIR, SITE, fresh_process_env, make_inputs, run_in_fresh_process, stand_in_loaded
 from test_hook import MIXED, visual_kwargs
 
 from videorope_train.hook.compat import FLASH_SINK_BUG, TRANSFORMERS_VERSION
@@ -209,7 +209,7 @@ def test_a_fresh_process_finds_the_machines_flash_attn_not_the_stand_in(fa2, mon
              "import importlib.util as u; s = u.find_spec('flash_attn'); print(s.origin if s else None)"]
     leaked = subprocess.run(probe, env=dict(os.environ), capture_output=True, text=True, check=True).stdout
     fresh = subprocess.run(probe, env=fresh_process_env(), capture_output=True, text=True, check=True).stdout
-    assert SITE in leaked and SITE not in fresh
+    assert FLASH_ATTN_DIR in leaked and FLASH_ATTN_DIR not in fresh
     run_in_fresh_process("tests/test_video_budget.py::test_budget_formula")
     if not torch.cuda.is_available():  # test_gpu.py skips on this machine: refused, not taken for a pass
         with pytest.raises(AssertionError, match="in a fresh process: .*skipped"):

@@ -1,5 +1,5 @@
 """The GPU recipes' training path through the unforked `llamafactory-cli`, on CPU: flash-attention 2 (transformers'
-real integration, the kernels from tests/site/flash_attn), bf16, neat packing, ZeRO-3 on 2 processes; and the
+real integration, the kernels from tools/torch_flash_attn), bf16, neat packing, ZeRO-3 on 2 processes; and the
 positions the rotary consumes in bf16 runs, against the independent per-token reference."""
 
 import glob
@@ -27,7 +27,7 @@ def kernel_calls(report_prefix):
 
 def fa2_env(tmp_path, **extra):
     return {"PYTHONPATH": os.pathsep.join(filter(None, [SITE, os.environ.get("PYTHONPATH")])),
-            "FLASH_ATTN_CPU": "1", "FLASH_ATTN_CPU_REPORT": str(tmp_path / "kernel"), **extra}
+            "FLASH_ATTN_CPU": "1", "FLASH_ATTN_CALLS_REPORT": str(tmp_path / "kernel"), **extra}
 
 
 def test_fa2_bf16_neat_packing(hooked_dir, demo_dataset_dir, tmp_path):

@@ -1,7 +1,7 @@
-"""Lets transformers accept the flash_attn stand-in beside this file on a machine without CUDA.
+"""Lets transformers accept the flash_attn package of tools/torch_flash_attn on a machine without CUDA.
 
 transformers takes flash-attn 2 only when the package is installed *and* a CUDA/MLU device exists
-(``is_flash_attn_2_available``, ``FLASH_ATTENTION_COMPATIBILITY_MATRIX``).  ``install()`` puts this folder on
+(``is_flash_attn_2_available``, ``FLASH_ATTENTION_COMPATIBILITY_MATRIX``).  ``install()`` puts that folder on
 ``sys.path`` (so ``find_spec`` and ``importlib.metadata`` see the stand-in exactly as they see a real install) and
 replaces only the device part of that probe: the package and version checks still run.  The one other device
 assumption is that mixed precision means CUDA autocast (``get_target_dtype`` casts float32 q/k/v to the autocast
@@ -16,7 +16,7 @@ import importlib
 import sys
 from pathlib import Path
 
-HERE = str(Path(__file__).resolve().parent)
+FLASH_ATTN_DIR = str(Path(__file__).resolve().parents[2] / "tools" / "torch_flash_attn")
 _installed = False
 
 
@@ -24,8 +24,8 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)
+    if FLASH_ATTN_DIR not in sys.path:
+        sys.path.insert(0, FLASH_ATTN_DIR)
     importlib.invalidate_caches()
 
     import torch

@@ -1,6 +1,8 @@
 """Test-only start-up for subprocesses (llamafactory-cli, torchrun ranks) started with tests/site on PYTHONPATH.
 
-FLASH_ATTN_CPU=1              transformers accepts the flash_attn stand-in beside this file on CPU
+Puts tools/torch_flash_attn (the flash_attn package) first on sys.path, then acts on:
+
+FLASH_ATTN_CPU=1              transformers accepts the flash_attn package of tools/torch_flash_attn on CPU
 VIDEOROPE_RECORD_POSITIONS=D  the positions the rotary consumes are saved under D (position_recorder.py)
 VIDEOROPE_DIE_SAVING_STEP=N   the process dies in the middle of writing checkpoint-N
 VIDEOROPE_HOLD_AT_STEP=N      at the end of step N every rank writes <output_dir>/held-at-step-N.<rank> and waits
@@ -8,6 +10,11 @@ VIDEOROPE_HOLD_AT_STEP=N      at the end of step N every rank writes <output_dir
 """
 
 import os
+import sys
+
+# the flash_attn package (torch's FA2 kernels on CUDA, the exact computation elsewhere) ahead of any installed one
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "tools", "torch_flash_attn"))
 
 if os.environ.get("FLASH_ATTN_CPU") == "1":
     import flash_attn_cpu_device
@@ -18,20 +25,6 @@ if os.environ.get("VIDEOROPE_RECORD_POSITIONS"):
     import position_recorder
 
     position_recorder.install(os.environ["VIDEOROPE_RECORD_POSITIONS"])
-
-if os.environ.get("FLASH_ATTN_CPU_REPORT"):
-    import atexit
-    import json
-
-    def _report(path=os.environ["FLASH_ATTN_CPU_REPORT"]):
-        import sys
-
-        module = sys.modules.get("flash_attn")
-        if module is not None and hasattr(module, "CALLS"):
-            with open(f"{path}.{os.getpid()}.json", "w") as handle:
-                json.dump(module.CALLS, handle)
-
-    atexit.register(_report)
 
 if os.environ.get("VIDEOROPE_DIE_SAVING_STEP"):  # a job killed while writing checkpoint-N (test_resume.py)
     import contextlib
