@@ -14,7 +14,7 @@ NEWEST := $(abspath work_dirs/transformers-$(NEWEST_TRANSFORMERS))
 HOOK_TESTS := tests/test_hook.py tests/test_generation.py tests/test_contracts.py tests/test_flash_attention.py \
 	tests/test_rope_frequencies.py tests/test_rope_positions.py tests/test_rope_packing.py tests/test_fused_rotary.py
 
-.PHONY: setup demo test test-newest clean
+.PHONY: setup demo test test-newest device-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ test-newest: setup $(NEWEST)/.installed
 $(NEWEST)/.installed:
 	$(BIN)/pip install --no-deps --target $(NEWEST) transformers==$(NEWEST_TRANSFORMERS)
 	touch $@
+
+# The wheels scripts/device_check.sh installs on a bare, offline GPU machine (docs/device_check.md): pinned with sha256
+# in tools/device-wheels.lock, refused above 60 MiB; prints the command to run there.
+device-wheels: setup
+	$(BIN)/python scripts/device_wheels.py --dir .whl
 
 clean:
 	rm -rf work_dirs data/videorope_demo data/videorope_demo.json

@@ -71,6 +71,8 @@ class _FlashAttention(torch.autograd.Function):
         forward_kernel, backward_kernel = kernels
         out, lse, seed, offset, _ = forward_kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, causal, False,
                                                    scale=scale, window_size_left=left, window_size_right=right)
+        if not dropout_p:  # the RNG state is unused then; placeholders as torch.nn.attention.varlen passes them
+            seed, offset = torch.zeros(2, dtype=torch.uint64, device=q.device), torch.empty(0, device=q.device)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, seed, offset)
         ctx.settings = (max_q, max_k, dropout_p, causal, scale, left, right, backward_kernel)
         return out
