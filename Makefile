@@ -14,7 +14,14 @@ NEWEST := $(abspath work_dirs/transformers-$(NEWEST_TRANSFORMERS))
 HOOK_TESTS := tests/test_hook.py tests/test_generation.py tests/test_contracts.py tests/test_flash_attention.py \
 	tests/test_rope_frequencies.py tests/test_rope_positions.py tests/test_rope_packing.py tests/test_fused_rotary.py
 
-.PHONY: setup demo test test-newest device-wheels clean
+# The newest torch the project is tested on (the GPU check's machine carries it): its own venv, since torch cannot be
+# layered over another torch; the in-process hook, RoPE, flash-attention and GPU-test-on-CPU tests run there.
+NEWEST_TORCH := 2.11.0
+NEWEST_TORCHVISION := 0.26.0
+TORCH_VENV := $(abspath work_dirs/torch-$(NEWEST_TORCH))
+TORCH_TESTS := $(HOOK_TESTS) tests/test_torch_flash_attn.py
+
+.PHONY: setup demo test test-newest test-torch-newest device-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -35,10 +42,24 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-newest
+	$(MAKE) test-torch-newest
 
 test-newest: setup $(NEWEST)/.installed
 	PYTHONPATH=$(NEWEST) $(BIN)/python -c 'import transformers as t; assert t.__version__ == "$(NEWEST_TRANSFORMERS)", t.__file__'
 	PYTHONPATH=$(NEWEST) $(BIN)/python -m pytest -q -p no:cacheprovider $(HOOK_TESTS)
+
+test-torch-newest: $(TORCH_VENV)/.installed
+	$(TORCH_VENV)/bin/python -c 'import torch; assert torch.__version__.startswith("$(NEWEST_TORCH)"), torch.__version__'
+	$(TORCH_VENV)/bin/python -m pytest -q -p no:cacheprovider $(TORCH_TESTS)
+	PYTHONPATH=tests/site FLASH_ATTN_CPU=1 VIDEOROPE_GPU_TESTS_DEVICE=cpu \
+		$(TORCH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_gpu.py
+
+$(TORCH_VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install torch==$(NEWEST_TORCH) torchvision==$(NEWEST_TORCHVISION)
+	$(TORCH_VENV)/bin/pip install $$(grep -E '^(transformers|tokenizers|accelerate|peft|trl|datasets|av|matplotlib|pytest|hypothesis)==' requirements.txt | sed 's/ *#.*//')
+	$(TORCH_VENV)/bin/pip install --no-deps -e .
+	touch $@
 
 $(NEWEST)/.installed:
 	$(BIN)/pip install --no-deps --target $(NEWEST) transformers==$(NEWEST_TRANSFORMERS)
