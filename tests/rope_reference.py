@@ -1,6 +1,6 @@
 """An independent, per-token formulation of the spec's position table, for property tests.
 
-Written straight from `shared/spec/VIDEOROPE.md` ("The RoPE variants"), token by token, sharing no code
+Written straight from `docs/method.md` ("The four position layouts"), token by token, sharing no code
 with `videorope_train.rope`.  Slow on purpose.
 """
 

@@ -31,7 +31,7 @@ Assumptions (not all verifiable without the 1.5 TB download):
   ``--probe-duration`` every candidate video is opened with PyAV: longer than ``--max-duration-s`` is dropped,
   shorter than 120 s goes to ``0_2m``, the rest to ``2_3m`` (unreadable files are skipped and reported).
 
-The paper's split (VIDEOROPE.md, recipe): 136k videos under 2 min + 18k videos of 2-3 min (~1.3M QA). Sampling
+The paper's split (docs/method.md, the recipe): 136k videos under 2 min + 18k videos of 2-3 min (~1.3M QA). Sampling
 is by video (all records of a sampled video are kept): among the present, eligible videos of a split, sorted
 by key ``<subset>/<video>``, ``random.Random(f"{seed}-{split}").sample(keys, cap)``; fewer than ``cap``
 available keeps them all. ``--videos-0-2m all`` lifts a cap.

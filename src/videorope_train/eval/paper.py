@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 CONTEXTS = ("8k", "16k", "32k", "64k")
-# the paper's headline table (Qwen2-VL-7B, shared/spec/VIDEOROPE.md): 8k is in-distribution, 16k-64k extrapolation
+# the paper's headline table (Qwen2-VL-7B, docs/method.md): 8k is in-distribution, 16k-64k extrapolation
 PAPER = {
     "vanilla": {"longvideobench": (54.97, 54.87, 54.56, 54.04), "mlvu": (63.31, 65.79, 65.93, 62.02),
                 "videomme": (60.67, 60.00, 61.33, 58.33), "vniah": 31.78, "vniah-d": 30.22},

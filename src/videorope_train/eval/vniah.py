@@ -1,6 +1,6 @@
 """V-NIAH / V-NIAH-D: find a needle frame in a long haystack video, on spliced vision embeddings.
 
-Protocol (LongVA's V-NIAH; VideoRoPE's V-NIAH-D, see ``shared/spec/VIDEOROPE.md``):
+Protocol (LongVA's V-NIAH; VideoRoPE's V-NIAH-D, see ``docs/method.md``):
 
 * haystack frames are sampled from one long video; every frame is encoded **once** by the model's own
   vision tower as an image of a fixed size (``frame_size``; 252×448 → 9×16 = 144 tokens for Qwen2-VL) and
