@@ -53,3 +53,31 @@ def reference_positions(variant, tokens, grids, stride=2.0, merge=2, paper_after
         rows = [[p + v for v, p in enumerate(row)] for row in (t_row, h_row, w_row)]
         return rows, text_pos + n
     return [t_row, h_row, w_row], text_pos
+
+
+def reference_batch_rows(variant, config, input_ids, attention_mask, image_grid_thw=None, video_grid_thw=None,
+                         stride=2.0):
+    """Per sample of a processor/collator batch: (valid-token mask, the reference rows [3, valid] as float64, the
+    position the next token takes).
+
+    Visual blocks are found from the tokens (a block starts after ``vision_start_token_id``); grids are taken in
+    order from the batch's image and video grids; ``config`` is the model's config.json as a dict."""
+    import torch
+
+    grids = {"image": iter(image_grid_thw if image_grid_thw is not None else []),
+             "video": iter(video_grid_thw if video_grid_thw is not None else [])}
+    as_reference = {config["video_token_id"]: VID, config["image_token_id"]: IMG}  # the reference's token ids
+    merge = config["vision_config"]["spatial_merge_size"]
+    samples = []
+    for row in range(input_ids.shape[0]):
+        valid = attention_mask[row].bool()
+        tokens = input_ids[row][valid].tolist()
+        block_grids = []
+        for index, token in enumerate(tokens):
+            if index and tokens[index - 1] == config["vision_start_token_id"]:
+                kind = "video" if token == config["video_token_id"] else "image"
+                block_grids.append(tuple(next(grids[kind]).tolist()))
+        tokens = [as_reference.get(token, token) for token in tokens]
+        rows, following = reference_positions(variant, tokens, block_grids, stride=stride, merge=merge)
+        samples.append((valid, torch.tensor(rows, dtype=torch.float64), following))
+    return samples

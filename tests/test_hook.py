@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 from conftest import load_hooked, make_inputs
+from rope_reference import reference_batch_rows
 
-from videorope_train.rope import VARIANTS, RopeConfig, get_rope_index, rotary_cos_sin, scaled_inv_freq
+from videorope_train.rope import VARIANTS, RopeConfig, rotary_cos_sin, scaled_inv_freq
 from videorope_train.rope import frequency_axes
 
 MIXED = [("video", "What happens in the video?"), ("text", "Hi"), ("image", "Describe the picture please.")]
@@ -40,18 +41,25 @@ def test_config_block_validated(hooked_dir, tmp_path):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_model_positions_are_the_cores(hooked_dir, variant):
+def test_model_positions_equal_the_per_token_reference(hooked_dir, variant):
+    """The loaded model's positions for a left-padded mixed video/image/text batch: every valid token equals the
+    independent per-token reference (tests/rope_reference.py), padding is 1, and rope_deltas places the first
+    generated token at the reference's next position."""
     path = hooked_dir(variant)
     model = load_hooked(path)
     inputs = make_inputs(path, MIXED)
     positions, deltas = model.get_rope_index(**inputs)
-    cfg = model.config
-    expected, expected_deltas = get_rope_index(
-        RopeConfig(variant), inputs["input_ids"], inputs["image_grid_thw"], inputs["video_grid_thw"],
-        inputs["attention_mask"], image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
-        vision_start_token_id=cfg.vision_start_token_id,
-    )
-    assert torch.equal(positions, expected) and torch.equal(deltas, expected_deltas)
+    config = json.loads((path / "config.json").read_text())
+    samples = reference_batch_rows(variant, config, inputs["input_ids"], inputs["attention_mask"],
+                                   inputs.get("image_grid_thw"), inputs.get("video_grid_thw"))
+    length = inputs["input_ids"].shape[1]
+    for row, (valid, expected, following) in enumerate(samples):
+        assert torch.equal(positions[:, row][:, valid].to(torch.float64), expected), f"sample {row}"
+        assert (positions[:, row][:, ~valid] == 1).all()
+        # the first generated token (cache position = padded length) takes the reference's next position:
+        # p + rope_deltas, for TAD-RoPE 2p + rope_deltas
+        step = 2 if variant == "tad" else 1
+        assert float(deltas[row]) == following - step * length, f"sample {row}"
 
 
 def test_mrope_hook_equals_stock_qwen2vl(hooked_dir, tiny_base):

@@ -11,7 +11,6 @@ from videorope_train.rope import (
     RopeConfig,
     apply_rotary_eager,
     frequency_axes,
-    reference_rotary_cos_sin,
     rotary_cos_sin,
     scaled_inv_freq,
     yarn_ramp_bounds,
@@ -138,6 +137,19 @@ def test_factor_one_is_no_scaling(method, variant):
 # ----------------------------------------------------------------------------------------------------------
 # The gather: equal to the slow per-frequency reference and to stock M-RoPE's section split.
 
+def spec_axis(variant, n, section):
+    """The axis (0 t, 1 h, 2 w) carrying frequency n, as docs/method.md states it (not frequency_axes)."""
+    n_t, n_h, n_w = section
+    if variant == "mrope":
+        return 0 if n < n_t else 1 if n < n_t + n_h else 2
+    if n >= n_h + n_w:  # LTA: the last n_t (lowest) frequencies carry time
+        return 0
+    pairs = min(n_h, n_w)  # the rest alternate h, w from the start; a longer axis keeps the remainder
+    if n < 2 * pairs:
+        return 1 if n % 2 == 0 else 2
+    return 1 if n_h > n_w else 2
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.integers(1, 3),
@@ -146,17 +158,24 @@ def test_factor_one_is_no_scaling(method, variant):
     st.sampled_from(["videorope", "mrope"]),
     st.sampled_from([torch.long, torch.float32]),
 )
-def test_gather_matches_reference(batch, length, section, variant, pos_dtype):
+def test_gather_matches_a_per_channel_float64_reference(batch, length, section, variant, pos_dtype):
+    """Channel c of cos/sin = cos/sin(position on the axis of frequency c mod F × inv_freq), computed per channel in
+    float64.  Tolerance from the arithmetic: the gather forms each angle as one float32 product (0.5 ulp of the angle)
+    and float32 cos/sin add a few ulps of their argument reduction, so |error| <= 4·eps32·angle + 4·eps32; a channel
+    that read the wrong axis or frequency is off by O(1) for positions up to 5000."""
     cfg = RopeConfig(variant)
     head_dim = 2 * sum(section)
     inv_freq = scaled_inv_freq(cfg, head_dim=head_dim, rope_theta=1e4, mrope_section=section)
-    axes = frequency_axes(cfg, section)
     positions = (torch.rand(3, batch, length) * 5000).to(pos_dtype)
-    cos, sin = rotary_cos_sin(positions, inv_freq, axes)
-    ref_cos, ref_sin = reference_rotary_cos_sin(positions, inv_freq, axes)
-    assert cos.shape == (batch, length, head_dim)
-    torch.testing.assert_close(cos, ref_cos, rtol=0, atol=0)
-    torch.testing.assert_close(sin, ref_sin, rtol=0, atol=0)
+    cos, sin = rotary_cos_sin(positions, inv_freq, frequency_axes(cfg, section))
+    frequencies = inv_freq.numel()
+    angles = torch.stack([positions[spec_axis(variant, c % frequencies, section)].double()
+                          * float(inv_freq[c % frequencies]) for c in range(head_dim)], dim=-1)
+    eps = torch.finfo(torch.float32).eps
+    atol = 4 * eps * float(angles.abs().max()) + 4 * eps
+    assert cos.shape == sin.shape == (batch, length, head_dim)
+    torch.testing.assert_close(cos.double(), angles.cos(), rtol=0, atol=atol)
+    torch.testing.assert_close(sin.double(), angles.sin(), rtol=0, atol=atol)
 
 
 def test_mrope_gather_equals_section_split():

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import load_hooked, make_inputs
+from rope_reference import reference_batch_rows
 from safetensors.torch import load_file
 
-from videorope_train.rope import RopeConfig, get_rope_index
+from videorope_train.rope import RopeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny_cpu_sft.yaml"
@@ -98,11 +99,11 @@ def test_positions_seen_in_training_are_the_variants(hooked_dir, dataset_dir, tm
     for batch in seen:
         position_ids = batch["position_ids"]
         assert position_ids.shape[0] == 4  # [text; t; h; w] from the collator
-        expected, _ = get_rope_index(cfg, batch["input_ids"], batch.get("image_grid_thw"), batch.get("video_grid_thw"),
-                                     batch["attention_mask"], image_token_id=config["image_token_id"],
-                                     video_token_id=config["video_token_id"],
-                                     vision_start_token_id=config["vision_start_token_id"])
-        assert torch.equal(position_ids[1:], expected)
+        samples = reference_batch_rows("videorope", config, batch["input_ids"], batch["attention_mask"],
+                                       batch.get("image_grid_thw"), batch.get("video_grid_thw"),
+                                       stride=cfg.temporal_stride)
+        for row, (valid, expected, _) in enumerate(samples):  # the independent per-token table
+            assert torch.equal(position_ids[1:, row][:, valid].to(torch.float64), expected), f"sample {row}"
         saw_video |= batch.get("video_grid_thw") is not None
     assert saw_video
 

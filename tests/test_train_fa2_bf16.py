@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 from conftest import SITE
-from rope_reference import IMG, VID, reference_positions
+from rope_reference import reference_batch_rows
 from test_train_cli import train
 
 BF16 = ("bf16=true", "use_cpu=true")  # bf16 on CPU: transformers wants use_cpu said explicitly
@@ -61,7 +61,6 @@ def test_bf16_positions_at_the_rotary_equal_the_reference(hooked_dir, demo_datas
     train(model_dir, demo_dataset_dir, tmp_path / "o", *BF16, "max_steps=2",
           env={"PYTHONPATH": SITE, "VIDEOROPE_RECORD_POSITIONS": str(record)})
     config = json.loads((model_dir / "config.json").read_text())
-    merge = config["vision_config"]["spatial_merge_size"]
     steps = sorted(record.glob("step-*.pt"))
     assert len(steps) == 2
     fractional = collator_cast = False
@@ -70,20 +69,9 @@ def test_bf16_positions_at_the_rotary_equal_the_reference(hooked_dir, demo_datas
         positions = batch["rotary_position_ids"]  # [3, B, L] as the rotary got it
         assert positions.dtype == (torch.long if stride == 2.0 else torch.float32)
         collator_cast |= batch["collator_position_ids"].dtype == torch.bfloat16
-        grids = {"image": iter(batch["image_grid_thw"] if batch["image_grid_thw"] is not None else []),
-                 "video": iter(batch["video_grid_thw"] if batch["video_grid_thw"] is not None else [])}
-        for row in range(positions.shape[1]):
-            valid = batch["attention_mask"][row].bool()
-            tokens = batch["input_ids"][row][valid].tolist()
-            block_grids = []
-            for index, token in enumerate(tokens):
-                if index and tokens[index - 1] == config["vision_start_token_id"]:
-                    kind = "video" if token == config["video_token_id"] else "image"
-                    block_grids.append(tuple(next(grids[kind]).tolist()))
-            as_reference = {config["video_token_id"]: VID, config["image_token_id"]: IMG}  # its token ids
-            tokens = [as_reference.get(token, token) for token in tokens]
-            rows, _ = reference_positions("videorope", tokens, block_grids, stride=stride, merge=merge)
-            expected = torch.tensor(rows, dtype=torch.float64)
+        samples = reference_batch_rows("videorope", config, batch["input_ids"], batch["attention_mask"],
+                                       batch["image_grid_thw"], batch["video_grid_thw"], stride=stride)
+        for row, (valid, expected, _) in enumerate(samples):
             got = positions[:, row][:, valid].to(torch.float64)
             assert torch.equal(got, expected), f"{step.name} sample {row}"
             fractional |= bool((got.frac() != 0).any())

@@ -5,8 +5,6 @@
 with ``apply_rotary``: the fused Triton kernel (``fused_rotary.py``) for CUDA tensors where Triton compiles
 and runs it (checked once per device), else ``apply_rotary_eager``.  ``VIDEOROPE_ROTARY=eager|fused``
 overrides the choice (``fused`` on CPU works only under Triton's interpreter, ``TRITON_INTERPRET=1``: tests).
-``reference_rotary_cos_sin`` is the slow per-frequency formulation, kept beside it for the tests (the
-authors' code concatenates one-column slices per layer like it).
 """
 
 from __future__ import annotations
@@ -38,18 +36,6 @@ def rotary_cos_sin(
     cos, sin = freqs.cos(), freqs.sin()  # trig on F columns, then duplicated: half the work of cat-then-cos
     cos, sin = cos.to(dtype), sin.to(dtype)
     return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
-
-
-def reference_rotary_cos_sin(
-    position_ids: torch.Tensor, inv_freq: torch.Tensor, axes: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Slow reference: build each frequency's column from its axis' row, one at a time."""
-    columns = []
-    for n in range(inv_freq.numel()):
-        columns.append(position_ids[int(axes[n])].to(torch.float32) * inv_freq[n].to(torch.float32))
-    freqs = torch.stack(columns, dim=-1)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
