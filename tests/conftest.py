@@ -57,6 +57,25 @@ def run_in_fresh_process(nodeid: str) -> None:
         f"{nodeid} in a fresh process: {summary}\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
 
 
+def free_ports(count=1):
+    """Ports free on this machine now, one per launch, so tests and their torchrun / Slurm jobs can run side by
+    side (a fixed MASTER_PORT, or torchrun's default 29500, collides)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port():
+    return free_ports(1)[0]
+
+
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:

@@ -55,8 +55,10 @@ def test_plan_for_authors_recipe(hooked_dir, tmp_path, flash_attn_cpu):  # fa2 r
 
 def test_local_launcher_with_wandb_offline(hooked_dir, demo_dataset_dir, tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
-               HF_HUB_OFFLINE="1", WANDB_PROJECT="videorope-test")
+    from conftest import free_port
+
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", MASTER_PORT=str(free_port()), WANDB_MODE="offline",
+               WANDB_DIR=str(tmp_path), HF_HUB_OFFLINE="1", WANDB_PROJECT="videorope-test")
     command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", "1",
                f"model_name_or_path={hooked_dir('videorope')}", f"dataset_dir={demo_dataset_dir}",
                f"output_dir={out}", "report_to=wandb"]

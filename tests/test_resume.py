@@ -30,12 +30,11 @@ MODES = {
     "LoRA": (1, ["finetuning_type=lora", "lora_target=all", "lora_rank=4", "learning_rate=5e-2"],
              "adapter_model.safetensors"),
 }
-PORTS = {name: 29600 + index for index, name in enumerate(MODES)}
+def launch(model_dir, dataset_dir, output_dir, processes, overrides, extra_env=None):
+    from conftest import free_port
 
-
-def launch(model_dir, dataset_dir, output_dir, processes, overrides, port, extra_env=None):
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", SKIP_DATA_CHECK="1",
-               MASTER_PORT=str(port), **(extra_env or {}))
+               MASTER_PORT=str(free_port()), **(extra_env or {}))
     command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", str(processes),
                f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}", f"output_dir={output_dir}",
                "save_steps=3", "per_device_train_batch_size=1", "max_steps=6", *overrides]
@@ -65,7 +64,7 @@ def uninterrupted(hooked_dir, demo_dataset_dir, tmp_path_factory):
         if mode not in runs:
             processes, overrides, _ = MODES[mode]
             reference = tmp_path_factory.mktemp("uninterrupted")
-            result = launch(hooked_dir("videorope"), demo_dataset_dir, reference, processes, overrides, PORTS[mode])
+            result = launch(hooked_dir("videorope"), demo_dataset_dir, reference, processes, overrides)
             assert result.returncode == 0, result.stderr[-5000:]
             runs[mode] = reference
         return runs[mode]
@@ -79,7 +78,7 @@ def test_restarted_run_equals_uninterrupted(hooked_dir, demo_dataset_dir, tmp_pa
     model_dir = hooked_dir("videorope")
     reference = uninterrupted(mode)
     restarted = stopped_after(reference, 3, tmp_path / "restarted")
-    result = launch(model_dir, demo_dataset_dir, restarted, processes, overrides, PORTS[mode])
+    result = launch(model_dir, demo_dataset_dir, restarted, processes, overrides)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Continuing training from checkpoint" in result.stdout + result.stderr or \
         "Resuming training from checkpoint" in result.stdout + result.stderr
@@ -99,7 +98,7 @@ def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked
     stop request arrives while both ranks are at step 4 (no periodic checkpoint there: save_steps=3). Both save
     checkpoint-4 and exit 0 without writing a final model; the relaunch resumes from step 4 and ends equal to the
     uninterrupted run."""
-    from conftest import SITE
+    from conftest import SITE, free_port
 
     from videorope_train.launch import stop_file
 
@@ -107,7 +106,7 @@ def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked
     reference = uninterrupted("ZeRO-3")
     out = tmp_path / "stopped"
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", SKIP_DATA_CHECK="1",
-               MASTER_PORT="29640", PYTHONPATH=SITE, VIDEOROPE_HOLD_AT_STEP="4")
+               MASTER_PORT=str(free_port()), PYTHONPATH=SITE, VIDEOROPE_HOLD_AT_STEP="4")
     command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", str(processes),
                f"model_name_or_path={hooked_dir('videorope')}", f"dataset_dir={demo_dataset_dir}",
                f"output_dir={out}", "save_steps=3", "per_device_train_batch_size=1", "max_steps=6", *overrides]
@@ -129,7 +128,7 @@ def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked
     assert not stop_file(out).exists()  # the request is consumed
     assert not (out / weights_file).exists()  # the unfinished run wrote no final model
     assert sorted(loss_history(out / "checkpoint-4")) == [1, 2, 3, 4]
-    result = launch(hooked_dir("videorope"), demo_dataset_dir, out, processes, overrides, 29641)
+    result = launch(hooked_dir("videorope"), demo_dataset_dir, out, processes, overrides)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "checkpoint-4" in result.stderr + result.stdout
     assert loss_history(out) == pytest.approx(loss_history(reference), abs=1e-6)
@@ -142,7 +141,7 @@ def test_checkpoint_that_does_not_load_is_refused(hooked_dir, demo_dataset_dir, 
     """Weights that do not all load stop the run before training, and nothing in the output dir is overwritten."""
     model_dir = hooked_dir("videorope")
     reference = tmp_path / "uninterrupted"
-    assert launch(model_dir, demo_dataset_dir, reference, 1, [], 29650).returncode == 0
+    assert launch(model_dir, demo_dataset_dir, reference, 1, []).returncode == 0
     broken = stopped_after(reference, 3, tmp_path / "broken")
     weights = load_file(broken / "checkpoint-3" / "model.safetensors")
     from safetensors.torch import save_file
@@ -151,7 +150,7 @@ def test_checkpoint_that_does_not_load_is_refused(hooked_dir, demo_dataset_dir, 
     save_file({k: v for k, v in weights.items() if k != dropped}, broken / "checkpoint-3" / "model.safetensors",
               metadata={"format": "pt"})
     before = {p.relative_to(broken): p.read_bytes() for p in broken.rglob("*") if p.is_file()}
-    result = launch(model_dir, demo_dataset_dir, broken, 1, [], 29651)
+    result = launch(model_dir, demo_dataset_dir, broken, 1, [])
     assert result.returncode != 0
     assert "checkpoint weights do not match" in result.stderr and "1 of its weights missing" in result.stderr
     for path, content in before.items():  # nothing there was overwritten or removed
@@ -167,15 +166,15 @@ def test_job_killed_mid_save_resumes_from_the_last_complete_checkpoint(hooked_di
     model_dir = hooked_dir("videorope")
     limit = ["save_total_limit=1", "max_steps=9"]
     reference = tmp_path / "uninterrupted"
-    assert launch(model_dir, demo_dataset_dir, reference, 1, limit, 29660).returncode == 0
+    assert launch(model_dir, demo_dataset_dir, reference, 1, limit).returncode == 0
     out = tmp_path / "killed"
-    died = launch(model_dir, demo_dataset_dir, out, 1, limit, 29661,
+    died = launch(model_dir, demo_dataset_dir, out, 1, limit,
                   extra_env={"PYTHONPATH": SITE, "VIDEOROPE_DIE_SAVING_STEP": "6"})
     assert died.returncode != 0, died.stderr[-3000:]
     assert (out / "checkpoint-6").is_dir(), died.stderr[-5000:]
     assert (out / "checkpoint-3" / "trainer_state.json").is_file()
     assert (out / "checkpoint-6").is_dir() and not (out / "checkpoint-6" / "trainer_state.json").exists()
-    result = launch(model_dir, demo_dataset_dir, out, 1, limit, 29662)
+    result = launch(model_dir, demo_dataset_dir, out, 1, limit)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "checkpoint-6 is half-written (a job died saving it): set aside as incomplete-checkpoint-6-" in result.stderr
     assert len(list(out.glob("incomplete-checkpoint-6-*"))) == 1  # kept for inspection, never deleted
@@ -189,7 +188,7 @@ def test_resume_with_other_rope_settings_is_refused(hooked_dir, demo_dataset_dir
     from videorope_train.launch import launch_plan
 
     reference = tmp_path / "run"
-    assert launch(hooked_dir("videorope"), demo_dataset_dir, reference, 1, ["max_steps=3"], 29670).returncode == 0
+    assert launch(hooked_dir("videorope"), demo_dataset_dir, reference, 1, ["max_steps=3"]).returncode == 0
     with pytest.raises(ValueError, match="was trained with .*temporal_stride=2.0.* but model_name_or_path"):
         launch_plan(REPO / "recipes" / "tiny_cpu_sft.yaml", 1, 1, overrides=[
             f"model_name_or_path={hooked_dir('videorope', temporal_stride=3.0)}", f"output_dir={reference}"])
@@ -203,10 +202,10 @@ def test_restarted_job_continues_the_same_wandb_run(hooked_dir, demo_dataset_dir
 
     out = tmp_path / "out"
     wandb = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_PROJECT": "videorope-test"}
-    died = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, ["report_to=wandb"], 29680,
+    died = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, ["report_to=wandb"],
                   extra_env={**wandb, "PYTHONPATH": SITE, "VIDEOROPE_DIE_SAVING_STEP": "6"})
     assert died.returncode != 0
-    result = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, ["report_to=wandb"], 29681, extra_env=wandb)
+    result = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, ["report_to=wandb"], extra_env=wandb)
     assert result.returncode == 0, result.stderr[-4000:]
     runs = sorted(tmp_path.glob("wandb/offline-run-*"))  # the killed job's and the resumed job's
     assert len(runs) == 2
@@ -222,9 +221,9 @@ def test_relaunching_a_finished_run_trains_nothing(hooked_dir, demo_dataset_dir,
     """A requeued / resubmitted job whose run already ended must not resume from the final checkpoint (the Trainer
     would train a step past max_steps and overwrite the final weights)."""
     out = tmp_path / "done"
-    assert launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, [], 29690).returncode == 0
+    assert launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, []).returncode == 0
     final = (out / "model.safetensors").read_bytes()
-    again = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, [], 29691)
+    again = launch(hooked_dir("videorope"), demo_dataset_dir, out, 1, [])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "checkpoint-6 already reached max_steps: nothing to train" in again.stderr
     assert (out / "model.safetensors").read_bytes() == final and not (out / "checkpoint-7").exists()

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_hooked
+from conftest import free_ports, load_hooked
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "slurm" / "cluster.sh"
@@ -67,17 +66,6 @@ def _ensure_slurm():
     assert not _missing(), f"still missing after apt-get install: {_missing()}"
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 class Cluster:
     def __init__(self, root, env):
         self.root, self.env = root, env
@@ -113,7 +101,7 @@ def cluster():
     root = Path(f"/tmp/videorope-slurm-{os.getpid()}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    ctld_port, *slurmd_ports = _free_ports(3)
+    ctld_port, *slurmd_ports = free_ports(3)
     env = dict(os.environ, ROOT=str(root), CTLD_PORT=str(ctld_port), SLURMD_PORTS=" ".join(map(str, slurmd_ports)),
                PATH=SBIN_PATH, SLURM_CONF=str(root / "etc" / "slurm.conf"))
     harness = ["bash", str(HARNESS)]
@@ -130,7 +118,7 @@ def cluster():
 def _submit(cluster, tmp_path, name, overrides, via_submit_script=False, extra_env=None):
     """sbatch train.sbatch directly, or through scripts/slurm/submit.sh (which checks the data first)."""
     env = dict(cluster.env, **(extra_env or {}), RECIPE="recipes/tiny_cpu_sft.yaml", GPUS_PER_NODE="1", GLOBAL_BATCH="2",
-               PATH=f"{BIN}:{cluster.env['PATH']}", HF_HUB_OFFLINE="1", MASTER_PORT=str(_free_ports(1)[0]),
+               PATH=f"{BIN}:{cluster.env['PATH']}", HF_HUB_OFFLINE="1", MASTER_PORT=str(free_ports(1)[0]),
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", DATA_CHECK_DIR=str(tmp_path / f"{name}-check"),
                NO_GPU_GRES="1")
     if (VENV / "bin" / "activate").is_file():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_hooked, make_inputs
+from conftest import free_port, load_hooked, make_inputs
 from rope_reference import reference_batch_rows
 from safetensors.torch import load_file
 
@@ -30,7 +30,8 @@ def dataset_dir(demo_dataset_dir):
 
 
 def run_cli(*args, env=None, timeout=900):
-    environment = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", **(env or {}))
+    environment = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
+                       MASTER_PORT=str(free_port()), **(env or {}))
     result = subprocess.run([str(BIN / "llamafactory-cli"), *map(str, args)], cwd=REPO, env=environment,
                             capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
@@ -134,8 +135,7 @@ def test_deepspeed_two_processes(hooked_dir, dataset_dir, tmp_path, stage):
     model_dir = hooked_dir("videorope")
     out = tmp_path / stage
     train(model_dir, dataset_dir, out, f"deepspeed=recipes/deepspeed/ds_{stage}_config.json",
-          "per_device_train_batch_size=2", env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2",
-                                                "MASTER_PORT": str(29500 + (stage == "z3"))})
+          "per_device_train_batch_size=2", env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
     reloaded = load_hooked(out)
     assert reloaded.rope.variant == "videorope"
     trained, base = weights(out), weights(model_dir)
