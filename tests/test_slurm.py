@@ -164,12 +164,24 @@ def _cmdline(pid):
         return ""
 
 
-def test_two_node_training_completes(cluster, hooked_dir, demo_dataset_dir, tmp_path):
+ZERO3 = ["deepspeed=recipes/deepspeed/ds_z3_config.json"]
+
+
+@pytest.fixture(scope="module")
+def finished_job(cluster, hooked_dir, demo_dataset_dir, tmp_path_factory):
+    """One uninterrupted two-node job through scripts/slurm/submit.sh: 6 steps of ZeRO-3 (the authors' recipe). The
+    completion test reads it, and the stop test compares its restarted run with it (one 2-node run, not two)."""
+    tmp_path = tmp_path_factory.mktemp("slurm-ok")
     out = tmp_path / "out"
-    job_id, log, submitted = _submit(cluster, tmp_path, "videorope-ok", _overrides(hooked_dir, demo_dataset_dir, out, 2),
-                                     via_submit_script=True)
+    job_id, log, submitted = _submit(cluster, tmp_path, "videorope-ok",
+                                     _overrides(hooked_dir, demo_dataset_dir, out, 6) + ZERO3, via_submit_script=True)
     info = cluster.wait(job_id, timeout=480)
-    text = log.read_text(errors="replace") if log.exists() else "(no job log)"
+    return {"tmp": tmp_path, "out": out, "id": job_id, "info": info, "submitted": submitted,
+            "text": log.read_text(errors="replace") if log.exists() else "(no job log)"}
+
+
+def test_two_node_training_completes(cluster, finished_job):
+    job_id, info, text, out = finished_job["id"], finished_job["info"], finished_job["text"], finished_job["out"]
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", \
         f"{info.get('JobState')} {info.get('ExitCode')}\n{text[-6000:]}\n{cluster.logs()}"
     assert info["NumNodes"] == "2" and info["NodeList"] == "node[1-2]", info
@@ -184,10 +196,10 @@ def test_two_node_training_completes(cluster, hooked_dir, demo_dataset_dir, tmp_
     assert "2 node(s) x 1," in text and "gradient_accumulation_steps=1 " in text
     assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 2\b", text)
     # the data were checked before submission (submit.sh), not inside the allocation
-    assert "all samples OK" in submitted and "all samples OK" not in text
-    assert not json.loads((tmp_path / "videorope-ok-check" / "report.json").read_text())["would_crash"]
-    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2
+    assert "all samples OK" in finished_job["submitted"] and "all samples OK" not in text
+    assert not json.loads((finished_job["tmp"] / "videorope-ok-check" / "report.json").read_text())["would_crash"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
     model = load_hooked(out)
     assert model.rope.variant == "videorope"
 
@@ -253,21 +265,19 @@ def test_dead_rank_fails_the_job_fast(cluster, hooked_dir, demo_dataset_dir, tmp
     assert not _job_processes(cluster, job_id), "processes of the failed job are still running"
 
 
-def test_stop_signal_checkpoints_requeues_and_resumes(cluster, hooked_dir, demo_dataset_dir, tmp_path):
+def test_stop_signal_checkpoints_requeues_and_resumes(cluster, hooked_dir, demo_dataset_dir, tmp_path, finished_job):
     """What Slurm sends before a time limit (train.sbatch: --signal=B:USR1@600), sent by hand to the batch shell
     while both ranks are at step 3: both nodes save checkpoint-3 (save_steps is 1000, so only the stop writes one)
     and exit, the job requeues itself, comes back (restart 1), resumes from step 3 and completes; its losses and
-    final weights equal an uninterrupted two-node run's. ZeRO-3, as the authors' recipe (plain DDP cannot resume on
-    CPU at all: transformers loads the optimizer state with map_location=cpu:0, which torch.load rejects)."""
+    final weights equal the uninterrupted two-node run's (``finished_job``). ZeRO-3, as the authors' recipe (plain
+    DDP cannot resume on CPU at all: transformers loads the optimizer state with map_location=cpu:0, which torch.load
+    rejects)."""
     from conftest import SITE
     from safetensors.torch import load_file
 
-    zero3 = ["deepspeed=recipes/deepspeed/ds_z3_config.json"]
-    reference = tmp_path / "uninterrupted"
-    ref_id, ref_log, _ = _submit(cluster, tmp_path, "videorope-ref",
-                                 _overrides(hooked_dir, demo_dataset_dir, reference, 6) + zero3)
-    info = cluster.wait(ref_id, timeout=480)
-    assert info["JobState"] == "COMPLETED", f"{info}\n{ref_log.read_text(errors='replace')[-6000:]}"
+    zero3 = ZERO3
+    reference = finished_job["out"]
+    assert finished_job["info"]["JobState"] == "COMPLETED", finished_job["text"][-6000:]
 
     out = tmp_path / "out"
     job_id, log, _ = _submit(cluster, tmp_path, "videorope-stop",
@@ -280,6 +290,15 @@ def test_stop_signal_checkpoints_requeues_and_resumes(cluster, hooked_dir, demo_
         time.sleep(0.5)
     signalled = cluster.run("scancel", "--batch", "--signal=USR1", job_id)
     assert signalled.returncode == 0, signalled.stderr
+    # Slurm holds a requeued batch job for about two minutes (Reason=BeginTime, BeginTime = requeue + 120 s) and then
+    # waits for a scheduling pass; release it at once, as an administrator's `scontrol update StartTime=now` does
+    deadline = time.monotonic() + 300
+    while not ((info := cluster.job(job_id))["JobState"] == "PENDING" and info.get("Restarts") == "1"):
+        assert info["JobState"] in ACTIVE and time.monotonic() < deadline, \
+            f"{info['JobState']}: not requeued\n{log.read_text(errors='replace')[-6000:]}"
+        time.sleep(0.5)
+    released = cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    assert released.returncode == 0, released.stderr
     info = cluster.wait(job_id, timeout=600)
     text = log.read_text(errors="replace")
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", f"{info}\n{text[-8000:]}\n{cluster.logs()}"
