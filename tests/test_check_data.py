@@ -55,11 +55,15 @@ def test_check_data_reports_each_problem(hooked_dir, broken_dataset, tmp_path):
 
 
 def test_clean_dataset_passes(hooked_dir, demo_dataset_dir, tmp_path):
-    result = run([str(BIN / "videorope-train"), "check-data", "--recipe", "recipes/tiny_cpu_sft.yaml", "--out",
-                  str(tmp_path / "r"), f"model_name_or_path={hooked_dir('videorope')}",
-                  f"dataset_dir={demo_dataset_dir}"])
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "all samples OK" in result.stdout
+    """In this process (workers=0; the CLI and its worker pool run in the test above): every demo sample is ok."""
+    from videorope_train.data.check import check_data
+
+    report = check_data("recipes/tiny_cpu_sft.yaml", overrides=[f"model_name_or_path={hooked_dir('videorope')}",
+                                                                f"dataset_dir={demo_dataset_dir}"],
+                        out=tmp_path / "r", workers=0)
+    samples = json.loads((demo_dataset_dir / "videorope_demo.json").read_text())
+    assert report["samples"] == len(samples) and report["counts"]["ok"] == len(samples)
+    assert not report["would_crash"] and not report["problems"]
 
 
 def test_launcher_checks_data_before_training(hooked_dir, broken_dataset, tmp_path):

@@ -45,11 +45,12 @@ def _pipeline(args: dict):
     return data_args, tokenizer, processor, template, encoder
 
 
-def _init_worker(args: dict) -> None:
+def _init_worker(args: dict, one_thread: bool = True) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    torch.set_num_threads(1)
+    if one_thread:  # a pool worker: the workers share the CPUs
+        torch.set_num_threads(1)
     _WORKER["pipeline"] = _pipeline(args)
     _WORKER["converters"] = {}
     _decode_once(_WORKER["pipeline"][3].mm_plugin)
@@ -164,7 +165,8 @@ def _load_examples(dataset_attr, dataset_dir: str) -> Iterable[tuple[int, dict]]
 
 def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrides: Iterable[str] = (),
                out: str | Path = "data_check", workers: int = 2, limit: Optional[int] = None) -> dict:
-    """Check the recipe's datasets (or ``datasets``); returns the report dict (also written to ``out``)."""
+    """Check the recipe's datasets (or ``datasets``) with ``workers`` processes (0: in this one); returns the report
+    dict (also written to ``out``)."""
     from llamafactory.data.parser import get_dataset_list
 
     args = load_recipe(recipe, overrides)
@@ -183,9 +185,13 @@ def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrid
 
     _pipeline(args)  # fail here, once, on a bad model / template / processor (a failing pool initializer respawns)
 
-    context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or locks
-    with context.Pool(max(1, workers), initializer=_init_worker, initargs=(args,)) as pool:
-        results = list(tqdm(pool.imap(check_sample, tasks(), chunksize=16), desc="check-data", unit="sample"))
+    if workers == 0:  # in this process (small datasets, debugging, tests): no interpreter start-up per worker
+        _init_worker(args, one_thread=False)
+        results = [check_sample(task) for task in tqdm(tasks(), desc="check-data", unit="sample")]
+    else:
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or locks
+        with context.Pool(workers, initializer=_init_worker, initargs=(args,)) as pool:
+            results = list(tqdm(pool.imap(check_sample, tasks(), chunksize=16), desc="check-data", unit="sample"))
     report = _report(results, args)
     _write(report, results, Path(out), int(args.get("cutoff_len", 2048)))
     return report
