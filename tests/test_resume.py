@@ -214,10 +214,16 @@ def test_restarted_job_continues_the_same_wandb_run(hooked_dir, demo_dataset_dir
     assert len(runs) == 2
     # (the killed job's own file holds nothing: os._exit left W&B no time to flush; online, it had streamed)
     run_ids = {path.name.rsplit("-", 2)[-2] + "-" + path.name.rsplit("-", 1)[-1] for path in runs}
-    second, _, history = summarise(next(runs[1].glob("run-*.wandb")))
+    second, config, history = summarise(next(runs[1].glob("run-*.wandb")))
     assert run_ids == {second.run_id} and second.run_id.startswith("vr-")
     steps = [int(json.loads(h["train/global_step"])) for h in history if "train/loss" in h]
     assert steps == [4, 5, 6]  # the curve continues after checkpoint-3
+    losses = [float(json.loads(h["train/loss"])) for h in history if "train/loss" in h]
+    assert all(loss > 0 for loss in losses)
+    # what the launcher names the run (read back from the run file): variant, δ, frames, context
+    assert second.display_name.endswith("-videorope-d2-8f-1k") and second.run_group.endswith("-8f-1k")
+    assert {"videorope", "d2", "8f"} <= set(second.tags) and second.project == "videorope-test"
+    assert json.loads(config["videorope"])["variant"] == "videorope"
 
 
 def test_relaunching_a_finished_run_trains_nothing(hooked_dir, demo_dataset_dir, tmp_path, uninterrupted):

@@ -130,8 +130,3 @@ def test_lora_and_merged_export(hooked_dir, dataset_dir, tmp_path):
         base_logits = load_hooked(model_dir)(**inputs).logits
     torch.testing.assert_close(merged_logits, with_adapter, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(merged_logits, base_logits, atol=1e-3)
-
-
-def test_neat_packing_sdpa(hooked_dir, dataset_dir, tmp_path):
-    train(hooked_dir("videorope"), dataset_dir, tmp_path / "packed", "packing=true", "neat_packing=true",
-          "cutoff_len=512", "per_device_train_batch_size=1")
