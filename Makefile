@@ -21,7 +21,7 @@ NEWEST_TORCHVISION := 0.26.0
 TORCH_VENV := $(abspath work_dirs/torch-$(NEWEST_TORCH))
 TORCH_TESTS := $(HOOK_TESTS) tests/test_torch_flash_attn.py
 
-.PHONY: setup demo test test-newest test-torch-newest device-wheels clean
+.PHONY: setup demo test test-fast test-newest test-torch-newest device-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -39,10 +39,15 @@ demo: setup
 	$(BIN)/llamafactory-cli train recipes/tiny_cpu_sft.yaml
 	@echo "checkpoint: work_dirs/tiny_cpu_sft"
 
+# Everything (what CI runs): the whole suite, the 20 slowest tests listed, then the newest transformers and torch.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 	$(MAKE) test-newest
 	$(MAKE) test-torch-newest
+
+# The development tier: no end-to-end launches (tests marked slow), a few minutes.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 test-newest: setup $(NEWEST)/.installed
 	PYTHONPATH=$(NEWEST) $(BIN)/python -c 'import transformers as t; assert t.__version__ == "$(NEWEST_TRANSFORMERS)", t.__file__'

@@ -13,7 +13,8 @@ from videorope_train.rope.rotary import triton_available
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("dtype", ["auto"])  # bfloat16 (the GPU default's tolerances) runs in the GPU check's smoke
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["auto"])  # bfloat16 (the GPU default's tolerances): the GPU check's smoke
 def test_bench_rope_runs(tmp_path, dtype):
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -61,6 +62,7 @@ def _bench_eval(tmp_path, *args):
     return json.loads(out.read_text()), result.stdout
 
 
+@pytest.mark.slow
 def test_bench_eval_times_questions_as_the_backend_builds_them(tmp_path):
     """Random tiny weights, a 20 s synthetic 128x192 video (40 frames at 2 fps = 20 temporal patches), a 4-token
     per-frame floor so the context's budget decides the frame size. Worked by hand (smart resize, 28-px units):
@@ -84,6 +86,7 @@ def test_bench_eval_times_questions_as_the_backend_builds_them(tmp_path):
     assert "| 1024 | 20 | 80 | 40 | " in stdout  # the printed table
 
 
+@pytest.mark.slow
 def test_bench_eval_on_a_checkpoint_and_a_given_video(tmp_path):
     from videorope_train.data.demo import write_video
     from videorope_train.hook.prepare import prepare_model

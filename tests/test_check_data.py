@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -24,6 +24,7 @@ def smoke(out, *args, timeout=1500):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_device_check_smoke_on_cpu(tmp_path):
     out = tmp_path / "check"
     result = smoke(out, "--deadline", "1400")
@@ -54,6 +55,7 @@ def test_device_check_smoke_on_cpu(tmp_path):
     assert table.startswith("# device_check: PASSED (smoke") and "| train + resume | passed |" in table
 
 
+@pytest.mark.slow
 def test_a_short_deadline_skips_parts_with_the_reason_and_fails(tmp_path):
     """30 s: the environment part runs (it needs 20 s), every later part is skipped with why, the check fails and
     the report says so — written although nothing after the first part ran."""

@@ -193,6 +193,7 @@ def test_the_sink_guard_is_what_keeps_fa2_alive_and_is_scoped(hooked_dir, tiny_b
             flash(**inputs)
 
 
+@pytest.mark.slow
 def test_a_fresh_process_finds_the_machines_flash_attn_not_the_stand_in(fa2, monkeypatch):
     """What tests/test_gpu.py relies on when the whole suite runs on a GPU: with the stand-in loaded here, and the
     start-up variables a subprocess test may leave set, a child started with ``fresh_process_env`` finds the

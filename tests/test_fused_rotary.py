@@ -233,6 +233,7 @@ def test_hooked_model_fused_equals_eager(hooked_dir, monkeypatch, device):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @COMPILED_ONLY
 def test_kernel_interpreted_on_cpu():
     """This file's cpu-interpreted cases, in a child process where Triton interprets (see the module docstring)."""

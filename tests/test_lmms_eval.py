@@ -88,6 +88,7 @@ def test_the_frame_floor_outweighs_the_context_budget_on_long_videos():
     assert frame_pixel_limit(video_budget("8k"), 8) == 768 * 784  # a short clip: the per-frame cap
 
 
+@pytest.mark.slow
 def test_lmms_eval_cli_scores_a_local_task_with_the_checkpoints_positions(hooked_dir, tmp_path):
     from videorope_train.data.demo import write_video
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
+
 BIN = Path(sys.executable).parent
 
 

@@ -86,6 +86,7 @@ def test_baselines_differ_only_in_the_model(variant):
 TWINS = [p for p in TRAIN_RECIPES if p.name not in {*VARIANT_RECIPES.values(), "tiny_cpu_sft.yaml"}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", TWINS, ids=lambda p: p.name)
 def test_tiny_twin_runs(recipe, hooked_dir, demo_dataset_dir, tmp_path):
     args = load(recipe)

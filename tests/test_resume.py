@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

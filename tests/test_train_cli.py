@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from videorope_train.rope import VARIANTS, RopeConfig
 
+pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny_cpu_sft.yaml"
 BIN = Path(sys.executable).parent

@@ -12,6 +12,8 @@ from conftest import SITE
 from rope_reference import reference_batch_rows
 from test_train_cli import train
 
+pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
+
 BF16 = ("bf16=true", "use_cpu=true")  # bf16 on CPU: transformers wants use_cpu said explicitly
 FA2 = ("flash_attn=fa2", *BF16)
 

@@ -63,6 +63,7 @@ def test_visual_tokens_follow_the_budget(tiny_base, tmp_path, seconds, width, he
     assert expanded[0]["content"].count("<|video_pad|>") == tokens  # the plugin's count matches the features
 
 
+@pytest.mark.slow
 def test_budget_applies_through_llamafactory_cli(tiny_base, demo_dataset_dir, tmp_path):
     """check-data (LLaMA-Factory's pipeline) sees budgeted videos, and the real CLI trains on them."""
     import os

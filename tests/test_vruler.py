@@ -68,6 +68,7 @@ def test_authors_record_format_and_bad_records(tmp_path):
         load_records(path, tmp_path, "ordering")
 
 
+@pytest.mark.slow
 def test_vruler_cli_runs_every_subtask_and_resumes(hooked_dir, tmp_path):
     data = tmp_path / "data"
     made = subprocess.run([str(BIN / "videorope-train"), "make-vruler-data", str(data), "--frames", "16",
@@ -146,6 +147,7 @@ def test_stack_decoding_equals_the_models_own_generate(hooked_dir, tmp_path):
             assert got == want.tolist(), (variant, depth)
 
 
+@pytest.mark.slow
 def test_stack_through_the_vruler_cli(hooked_dir, tmp_path):
     from transformers import AutoTokenizer
 
