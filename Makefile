@@ -39,9 +39,10 @@ demo: setup
 	$(BIN)/llamafactory-cli train recipes/tiny_cpu_sft.yaml
 	@echo "checkpoint: work_dirs/tiny_cpu_sft"
 
-# Everything (what CI runs): the whole suite, the 20 slowest tests listed, then the newest transformers and torch.
+# Everything (what CI runs): the whole suite on two workers (pytest-xdist; one test file per worker at a time, so a
+# module's shared runs stay in one process), the 20 slowest tests listed, then the newest transformers and torch.
 test: setup
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20
 	$(MAKE) test-newest
 	$(MAKE) test-torch-newest
 
