@@ -548,8 +548,8 @@ def figure(value) -> str:
 
 def markdown(report: dict) -> str:
     lines = [f"# {RESULT}: {'PASSED' if report['passed'] else 'NOT PASSED'} ({report['mode']}, "
-             f"{report.get('elapsed s', 0):.0f} s of {report['deadline s']} s)", "", "| part | status | seconds | note |",
-             "|---|---|---|---|"]
+             f"{report.get('elapsed s', 0):.0f} s of {report['deadline s']} s)", "",
+             "| part | status | seconds | note |", "|---|---|---|---|"]
     for name, part in report["parts"].items():
         note = part.get("error") or part.get("reason") or ""
         lines.append(f"| {name} | {part['status']} | {part.get('seconds', '')} | {str(note)[:300]} |")

@@ -14,7 +14,8 @@ FLASH_ATTN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 @pytest.fixture(scope="session")
 def flash_attn_cpu():
-    """The flash_attn package of tools/torch_flash_attn, accepted by transformers on CPU in this process; returns the module."""
+    """The flash_attn package of tools/torch_flash_attn, accepted by transformers on CPU in this process; returns
+    the module."""
     import sys
 
     sys.path.insert(0, SITE)

@@ -86,7 +86,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCK
+# cred_expire: a requeued job may start only once its old credential has expired (BeginTime = requeue + cred_expire
+# + 1; 120 s by default); 20 s keeps the stop-and-requeue test short, and a step launched under load is well inside it
+AuthInfo=socket=$MUNGE_SOCK,cred_expire=20
 StateSaveLocation=$ROOT/state
 SlurmdSpoolDir=$ROOT/spool/%n
 SlurmctldPidFile=$ROOT/state/slurmctld.pid

@@ -22,6 +22,7 @@ exact computation on CUDA too; ``FLASH_ATTN_CALLS_REPORT=PREFIX`` writes ``CALLS
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 
@@ -57,10 +58,22 @@ def _torch_kernels(query: torch.Tensor):
     if query.device.type != "cuda" or query.dtype not in (torch.float16, torch.bfloat16) \
             or os.environ.get("FLASH_ATTN_TORCH_KERNELS") == "0":
         return None
+    return _aten_kernels()
+
+
+@functools.cache
+def _aten_kernels():
+    """Looked up once: this runs in every attention layer of every step."""
     aten = torch.ops.aten
     if not (hasattr(aten, "_flash_attention_forward") and hasattr(aten, "_flash_attention_backward")):
         return None
     return aten._flash_attention_forward, aten._flash_attention_backward
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_cu_seqlens(batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """cu_seqlens of ``batch`` rows of ``length`` tokens (0, L, 2L, ...), built once per shape, not per layer."""
+    return torch.arange(batch + 1, device=device, dtype=torch.int32) * length
 
 
 class _FlashAttention(torch.autograd.Function):
@@ -142,10 +155,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     kernels = _torch_kernels(q)
     if kernels is not None:  # B rows of equal length are a varlen batch with cu_seqlens 0, L, 2L, ...
         batch, length_q, length_k = q.shape[0], q.shape[1], k.shape[1]
-        rows = torch.arange(batch + 1, device=q.device, dtype=torch.int32)
-        out = _on_kernel(kernels, q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), rows * length_q,
-                         rows * length_k, length_q, length_k, dropout_p, softmax_scale, causal, window_size, softcap,
-                         alibi_slopes)
+        out = _on_kernel(kernels, q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                         _uniform_cu_seqlens(batch, length_q, q.device), _uniform_cu_seqlens(batch, length_k, q.device),
+                         length_q, length_k, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes)
         return out.unflatten(0, (batch, length_q))
     out = [_attend(q[b], k[b], v[b], softmax_scale, causal, window_size, softcap, dropout_p, alibi_slopes)
            for b in range(q.shape[0])]
