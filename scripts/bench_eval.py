@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from videorope_train.eval.data import probe_video  # noqa: E402
+from videorope_train.video import probe_video  # noqa: E402
 from videorope_train.eval.lmms import CONTEXTS, VideoRope  # noqa: E402
 from videorope_train.eval.model import LoadedModel, load_model  # noqa: E402
 

@@ -1,6 +1,7 @@
 """Launch plan (grad accumulation, resume, W&B identity), the local launcher, and W&B offline run files."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,9 +98,10 @@ def test_fa2_recipe_stops_before_training_without_usable_flash_attn(hooked_dir, 
 
 
 def test_plan_adds_the_stop_callback_and_consumes_the_previous_request(hooked_dir, tmp_path, flash_attn_cpu):
-    """report_to gains graceful_stop's callback (the recipe's loggers kept); a stop request left by the job that
+    """report_to gains stop_callback's name (the recipe's loggers kept); a stop request left by the job that
     stopped on it is removed, or the resumed job would stop again at its first step."""
-    from videorope_train.launch import STOP_FILE, shell_lines
+    from videorope_train.graceful_stop import STOP_FILE
+    from videorope_train.launch import shell_lines
 
     model = f"model_name_or_path={hooked_dir('videorope')}"
     plan = launch_plan(REPO / "recipes" / "videorope_sft.yaml", 1, 8, 128, [model, f"output_dir={tmp_path}"])
@@ -112,3 +114,17 @@ def test_plan_adds_the_stop_callback_and_consumes_the_previous_request(hooked_di
     assert f"STOP_FILE={tmp_path.resolve() / STOP_FILE}" in shell_lines(plan).splitlines()
     plan = launch_plan(tiny, 1, 1, None, [model, f"output_dir={tmp_path}", "report_to=[tensorboard,wandb]"])
     assert plan["overrides"][-1] == "report_to=[tensorboard,wandb,videorope_stop]"
+
+
+def test_plan_refuses_a_model_whose_remote_code_does_not_register_the_stop_callback(hooked_dir, tmp_path):
+    """A directory prepared before the remote code registered the callback: transformers would reject
+    report_to=videorope_stop only after the model loaded; the plan stops first, with the fix."""
+    model = Path(hooked_dir("videorope"))
+    stale = tmp_path / "stale-model"
+    shutil.copytree(model, stale, symlinks=True)
+    remote = stale / "modeling_videorope.py"
+    remote.write_text("\n".join(line for line in remote.read_text().splitlines() if "_stop" not in line) + "\n")
+    tiny = REPO / "recipes" / "tiny_cpu_sft.yaml"
+    with pytest.raises(ValueError, match="older videorope-train.*re-run `videorope-train prepare-model`"):
+        launch_plan(tiny, 1, 1, None, [f"model_name_or_path={stale}", f"output_dir={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -12,12 +12,8 @@ import pytest
 
 from videorope_train.data import llava_video
 from videorope_train.data.demo import write_video
-from videorope_train.data.llava_video import (
-    convert_conversation,
-    discover_annotation_files,
-    iter_json_records,
-    prepare_llava_video,
-)
+from videorope_train.data.json_records import iter_json_records
+from videorope_train.data.llava_video import convert_conversation, discover_annotation_files, prepare_llava_video
 
 ACADEMIC = "0_30_s_academic_v0_1"
 YT_1_2 = "1_2_m_youtube_v0_1"
@@ -130,26 +126,39 @@ def test_layout_discovery_and_errors(tree, tmp_path):
         discover_annotation_files(tmp_path)
 
 
-def test_streaming_parser_matches_json(tmp_path):
-    data = [{"id": i, "text": "ä{[\"]}" * i, "nested": {"a": [1, {"b": "]"}]}} for i in range(50)]
+def test_streaming_parser_matches_json(tmp_path, monkeypatch):
+    from videorope_train.data import json_records
+
+    monkeypatch.setattr(json_records, "BUFFER_BYTES", 7)  # records span many reads
+    data = [{"id": i, "text": "ä{[\"]}" * i, "nested": {"a": [1, {"b": "]"}], "x": 0.1 * i}} for i in range(50)]
     path = tmp_path / "a.json"
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1))
-    seen = list(iter_json_records(path, chunk_size=7))
-    assert [record for record, _ in seen] == data
-    assert seen[-1][1] == path.stat().st_size and [b for _, b in seen] == sorted(b for _, b in seen)
+    path.write_text("\ufeff" + json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    seen = list(iter_json_records(path))
+    assert [record for record, _ in seen] == data  # floats as Python's json reads them (0.30000000000000004)
+    assert seen[-1][1] <= path.stat().st_size and [b for _, b in seen] == sorted(b for _, b in seen)
     lines = tmp_path / "a.jsonl"
     lines.write_text("\n".join(json.dumps(item) for item in data) + "\n")
-    assert [record for record, _ in iter_json_records(lines, chunk_size=5)] == data
-    truncated = tmp_path / "t.json"
-    truncated.write_text(json.dumps(data)[:-30])
-    with pytest.raises(ValueError, match="t.json"):
-        list(iter_json_records(truncated, chunk_size=64))
-    bad = tmp_path / "b.json"
-    bad.write_text('{"a": 1}')
-    assert [r for r, _ in iter_json_records(bad)] == [{"a": 1}]
-    bad.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON objects"):
-        list(iter_json_records(bad))
+    assert [record for record, _ in iter_json_records(lines)] == data
+    one = tmp_path / "one.json"
+    one.write_text('{"a": 1}')
+    assert [r for r, _ in iter_json_records(one)] == [{"a": 1}]
+    one.write_text("  \n")
+    assert list(iter_json_records(one)) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    (json.dumps([{"a": i} for i in range(9)])[:-12], "truncated.json: invalid JSON after record 7"),
+    ('[{"a": 1} {"a": 2}]', "after record 1"),  # a missing comma
+    ('[{"a": 1},, {"a": 2}]', "after record 1"),  # an extra one
+    ('[{"a": 1}] [', "after record 1"),  # data after the array
+    ("[1, 2]", "record 0 is a int; expected JSON objects"),
+    ("nope", "expected a JSON array of records or JSON lines"),
+])
+def test_streaming_parser_rejects_malformed_json(tmp_path, text, message):
+    path = tmp_path / "truncated.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        list(iter_json_records(path))
 
 
 def test_convert_conversation_places_one_video():

@@ -106,7 +106,7 @@ def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked
     uninterrupted run."""
     from conftest import SITE, free_port
 
-    from videorope_train.launch import stop_file
+    from videorope_train.graceful_stop import stop_file
 
     processes, overrides, weights_file = MODES["ZeRO-3"]
     reference = uninterrupted("ZeRO-3")

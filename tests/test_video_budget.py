@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from videorope_train.data.budget import TOKEN_PIXELS, VideoBudget
+from videorope_train.video import TOKEN_PIXELS, VideoBudget
 from videorope_train.data.demo import write_video
 
 

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from videorope_train.eval import embeddings as E
+from videorope_train.eval import model as M
+from videorope_train.eval import results as R
+from videorope_train.eval import spliced as S
 from videorope_train.eval import vniah as V
 from videorope_train.eval.data import (
-    VideoInfo,
     haystack_frames,
     load_image,
     load_needles,
@@ -18,6 +21,7 @@ from videorope_train.eval.data import (
     sample_times,
 )
 from videorope_train.rope import RopeConfig, frequency_axes, get_rope_index, rotary_cos_sin, scaled_inv_freq
+from videorope_train.video import VideoInfo
 
 SIZE = (56, 56)  # tiny model: 4x4 patches -> 2x2 = 4 tokens per frame
 
@@ -38,22 +42,22 @@ def loaded(hooked_dir):
     def get(variant="videorope", **settings):
         key = (variant, tuple(sorted(settings.items())))
         if key not in cache:
-            cache[key] = V.load_model(hooked_dir(variant, **settings), device="cpu", attn_implementation="sdpa")
+            cache[key] = M.load_model(hooked_dir(variant, **settings), device="cpu", attn_implementation="sdpa")
         return cache[key]
 
     return get
 
 
 def _embeddings(lm, haystack, needles, count):
-    hay = V.encode_frames(lm, haystack_frames(haystack, count, SIZE), SIZE)
+    hay = E.encode_frames(lm, haystack_frames(haystack, count, SIZE), SIZE)
     ims = np.stack([resize_rgb(load_image(n.image), SIZE) for n in needles])
     dis = np.stack([resize_rgb(load_image(n.distractor), SIZE) for n in needles])
-    return hay, V.encode_frames(lm, ims, SIZE), V.encode_frames(lm, dis, SIZE)
+    return hay, E.encode_frames(lm, ims, SIZE), E.encode_frames(lm, dis, SIZE)
 
 
 def _items(lm, needles, specs, task="vniah-d", gap=2):
     _, _, tokens = lm.patch_grid(SIZE)
-    return [V.make_item(lm, V.prompt_ids(lm, needles[k]), n, d, k, task, tokens, gap) for n, d, k in specs]
+    return [V.make_item(lm, S.prompt_ids(lm, needles[k]), n, d, k, task, tokens, gap) for n, d, k in specs]
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -105,20 +109,20 @@ def test_teacher_forced_exact_match_on_hand_made_logits():
     tail[1, 4] = 3  # predicts a0 = 4
     tail[2, 2] = 3  # predicts a1 = 2
     tail[3, 0] = 9  # after the last answer token: ignored
-    rows = V.answer_logits(tail, len(answer))
+    rows = S.answer_logits(tail, len(answer))
     assert torch.equal(rows, tail[1:3])
-    assert V.teacher_forced_exact_match(rows, answer)
+    assert S.teacher_forced_exact_match(rows, answer)
     wrong = tail.clone()
     wrong[2, 3] = 5  # second token wrong -> the whole answer is wrong
-    assert not V.teacher_forced_exact_match(V.answer_logits(wrong, 2), answer)
-    assert V.teacher_forced_exact_match(V.answer_logits(tail, 1), [2])  # a one-token answer: the row before it
+    assert not S.teacher_forced_exact_match(S.answer_logits(wrong, 2), answer)
+    assert S.teacher_forced_exact_match(S.answer_logits(tail, 1), [2])  # a one-token answer: the row before it
     # batch of left-padded rows with answers of different lengths, sharing one tail window
     batch = torch.stack([tail, torch.zeros(4, vocab)])
     batch[1, 2, 1] = 1
-    assert V.score_tail_logits(batch, [answer, [1]]) == [(True, [4, 2]), (True, [1])]
-    assert V.score_tail_logits(batch, [answer, [3]])[1][0] is False
+    assert S.score_tail_logits(batch, [answer, [1]]) == [(True, [4, 2]), (True, [1])]
+    assert S.score_tail_logits(batch, [answer, [3]])[1][0] is False
     with pytest.raises(ValueError):
-        V.teacher_forced_exact_match(rows, [4])
+        S.teacher_forced_exact_match(rows, [4])
 
 
 def test_haystack_sampling_and_looping(tmp_path):
@@ -203,10 +207,10 @@ def test_positions_fed_to_the_model_are_the_checkpoints_own(loaded, vniah_data, 
     lm = loaded(variant, **settings)
     hay, nee, dis = _embeddings(lm, haystack, needles, 8)
     items = _items(lm, needles, [(8, 0.5, 0), (4, 1.0, 2)])  # different lengths: left padding
-    batch = V.assemble_batch(lm, items, lambda it: V.item_frames(it, hay, nee, dis), SIZE)
+    batch = S.assemble_batch(lm, items, lambda it: V.item_frames(it, hay, nee, dis), SIZE)
     seen, hooks = _capture(lm)
     try:
-        V.forward_tail_logits(lm.model, batch, keep=3)
+        S.forward_tail_logits(lm.model, batch, keep=3)
     finally:
         for hook in hooks:
             hook.remove()
@@ -231,10 +235,10 @@ def test_yarn_v_checkpoint_is_evaluated_with_extrapolated_frequencies(loaded, vn
     settings = dict(extrapolation="yarn-v", extrapolation_factor=4.0, original_context=64)
     lm = loaded("videorope", **settings)
     hay, nee, dis = _embeddings(lm, haystack, needles, 8)
-    batch = V.assemble_batch(lm, _items(lm, needles, [(8, 0.4, 1)]), lambda it: V.item_frames(it, hay, nee, dis), SIZE)
+    batch = S.assemble_batch(lm, _items(lm, needles, [(8, 0.4, 1)]), lambda it: V.item_frames(it, hay, nee, dis), SIZE)
     seen, hooks = _capture(lm)
     try:
-        V.forward_tail_logits(lm.model, batch, keep=2)
+        S.forward_tail_logits(lm.model, batch, keep=2)
     finally:
         for hook in hooks:
             hook.remove()
@@ -260,13 +264,13 @@ def test_spliced_forward_equals_the_models_own_video_path(loaded, vniah_data):
     raw = haystack_frames(haystack, count, SIZE)
     needle_px = resize_rgb(load_image(needles[1].image), SIZE)
     distractor_px = resize_rgb(load_image(needles[1].distractor), SIZE)
-    hay = V.encode_frames(lm, raw, SIZE, batch=3)  # batching the tower does not change the embeddings
-    nee = V.encode_frames(lm, np.stack([needle_px] * 3), SIZE)
-    dis = V.encode_frames(lm, np.stack([distractor_px] * 3), SIZE)
+    hay = E.encode_frames(lm, raw, SIZE, batch=3)  # batching the tower does not change the embeddings
+    nee = E.encode_frames(lm, np.stack([needle_px] * 3), SIZE)
+    dis = E.encode_frames(lm, np.stack([distractor_px] * 3), SIZE)
     (item,) = _items(lm, needles, [(count, 0.5, 1)], gap=1)
     assert item.side is not None
-    batch = V.assemble_batch(lm, [item], lambda it: V.item_frames(it, hay, nee, dis), SIZE)
-    spliced = V.forward_tail_logits(lm.model, batch, keep=batch.input_ids.shape[1])
+    batch = S.assemble_batch(lm, [item], lambda it: V.item_frames(it, hay, nee, dis), SIZE)
+    spliced = S.forward_tail_logits(lm.model, batch, keep=batch.input_ids.shape[1])
 
     pixels = {V.NEEDLE: needle_px, V.DISTRACTOR: distractor_px}
     frames = [raw[s] if s >= 0 else pixels[s] for s in item.sources]
@@ -286,13 +290,13 @@ def test_chunked_prefill_equals_one_pass(loaded, vniah_data):
     lm = loaded("videorope")
     hay, nee, dis = _embeddings(lm, haystack, needles, 8)
     items = _items(lm, needles, [(8, 0.0, 0), (6, 1.0, 1)])
-    batch = V.assemble_batch(lm, items, lambda it: V.item_frames(it, hay, nee, dis), SIZE)
-    full = V.forward_tail_logits(lm.model, batch, keep=4)
-    chunked = V.forward_tail_logits(lm.model, batch, keep=4, chunk_size=7)
+    batch = S.assemble_batch(lm, items, lambda it: V.item_frames(it, hay, nee, dis), SIZE)
+    full = S.forward_tail_logits(lm.model, batch, keep=4)
+    chunked = S.forward_tail_logits(lm.model, batch, keep=4, chunk_size=7)
     assert torch.allclose(full, chunked, atol=1e-5, rtol=1e-4)
     dynamic = loaded("videorope", extrapolation="dynamic", extrapolation_factor=2.0, original_context=64)
     with pytest.raises(ValueError, match="dynamic"):
-        V.forward_tail_logits(dynamic.model, batch, keep=4, chunk_size=7)
+        S.forward_tail_logits(dynamic.model, batch, keep=4, chunk_size=7)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -309,7 +313,7 @@ def test_harness_runs_resumes_and_refuses_other_settings(hooked_dir, vniah_data,
     assert summary["task"] == "vniah-d" and summary["computed_cells"] == 6 and summary["complete"]
     assert summary["lengths"] == [4, 8] and summary["depths"] == [0.0, 0.5, 1.0]
     cells = sorted((out / "cells").glob("*.json"))
-    assert [c.name for c in cells] == sorted(f"{V.cell_name(n, d)}.json" for n in (4, 8) for d in (0.0, 0.5, 1.0))
+    assert [c.name for c in cells] == sorted(f"{R.cell_name(n, d)}.json" for n in (4, 8) for d in (0.0, 0.5, 1.0))
     scores = []
     for path in cells:
         cell = json.loads(path.read_text())

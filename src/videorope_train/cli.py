@@ -6,7 +6,6 @@ Training itself is LLaMA-Factory's own `llamafactory-cli train RECIPE.yaml` on a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .rope import EXTRAPOLATIONS, VARIANTS, RopeConfig
@@ -78,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--recipe", required=True, help="the LLaMA-Factory recipe training will use")
     check.add_argument("--dataset", action="append", help="dataset name(s) to check (default: the recipe's)")
     check.add_argument("--out", default="data_check", help="where to write report.json and tokens.png")
-    check.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                       help="default: usable CPUs; 0 checks in this process")
+    check.add_argument("--workers", type=int, default=None, help="default: usable CPUs; 0 checks in this process")
     check.add_argument("--limit", type=int, default=None, help="check the first N samples of each dataset")
     check.add_argument("overrides", nargs="*", help="key=value recipe overrides (as given to training)")
 
@@ -118,7 +116,7 @@ def main(argv=None) -> int:
         if args.command == "prepare-model":
             from .hook.prepare import prepare_model
 
-            from .data.budget import VideoBudget
+            from .video import VideoBudget
 
             budget = None
             if args.video_budget:

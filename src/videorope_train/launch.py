@@ -15,27 +15,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-import yaml
-
-from .rope import RopeConfig
-
-STOP_FILE = "videorope-stop-requested"  # graceful_stop.py: training checkpoints and exits when it appears
-STOP_REPORT_TO = "videorope_stop"  # the report_to name of graceful_stop's callback
-
-
-def stop_file(output_dir: str | Path) -> Path:
-    return Path(output_dir) / STOP_FILE
-
-
-def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict:
-    """The recipe's keys with ``key=value`` overrides applied (values parsed as YAML scalars)."""
-    args = yaml.safe_load(Path(path).read_text())
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        args[key] = yaml.safe_load(value)
-    return args
+from .graceful_stop import STOP_REPORT_TO, stop_file
+from .recipe import load_recipe
+from .rope import CONFIG_KEY, RopeConfig
 
 
 def _number(value: float) -> str:
@@ -52,10 +34,9 @@ def run_identity(args: dict) -> dict:
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: prepare the model first (videorope-train prepare-model)")
-    block = json.loads(config_path.read_text()).get("videorope")
-    if block is None:
-        raise ValueError(f"{model_dir} is not a hooked model (no 'videorope' block in config.json)")
-    rope = RopeConfig.from_dict(block)
+    rope = RopeConfig.of_model_dir(model_dir)
+    if rope is None:
+        raise ValueError(f"{model_dir} is not a hooked model (no '{CONFIG_KEY}' block in config.json)")
     model = model_dir.name.removesuffix(f"-{rope.variant}")
     frames = args.get("video_maxlen", 128)
     context = round(int(args.get("cutoff_len", 2048)) / 1024)
@@ -116,13 +97,9 @@ def set_aside_incomplete(output_dir: str | Path) -> list[tuple[Path, Path]]:
 
 def check_resume_matches_model(checkpoint: Path, model_dir: str | Path) -> None:
     """A checkpoint trained with other RoPE settings (variant, δ, ...) than the model now named is refused."""
-    saved, current = checkpoint / "config.json", Path(model_dir) / "config.json"
-    if not saved.is_file() or not current.is_file():
-        return  # adapters-only checkpoints (LoRA) carry no model config
-    theirs, ours = json.loads(saved.read_text()).get("videorope"), json.loads(current.read_text()).get("videorope")
+    theirs, ours = RopeConfig.of_model_dir(checkpoint), RopeConfig.of_model_dir(model_dir)
     if theirs is None or ours is None:
-        return
-    theirs, ours = RopeConfig.from_dict(theirs), RopeConfig.from_dict(ours)
+        return  # adapters-only checkpoints (LoRA) carry no model config
     if theirs != ours:
         raise ValueError(
             f"resume_from_checkpoint {checkpoint} was trained with {theirs}, but model_name_or_path {model_dir} is "
@@ -168,6 +145,7 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
                                       global_batch)
         extra.append(f"gradient_accumulation_steps={steps}")
     identity = run_identity(args)
+    _check_remote_code(Path(args["model_name_or_path"]))
     if "run_name" not in overridden:
         extra.append(f"run_name={identity['name']}")
     # graceful_stop's callback; the flow-style list is what LLaMA-Factory's override parser reads as a list
@@ -191,6 +169,18 @@ def launch_plan(recipe: str | Path, nodes: int, gpus_per_node: int, global_batch
     return {"overrides": overrides + extra, "identity": identity, "resume": checkpoint,
             "wandb_run_id": wandb_run_id(args["output_dir"]), "finished": finished,
             "stop_file": str(stop_file(Path(args["output_dir"]).resolve()))}
+
+
+def _check_remote_code(model_dir: Path) -> None:
+    """A model prepared before the remote code registered the stop callback would fail in the Trainer, after the
+    model has loaded (transformers rejects an unknown ``report_to`` name): stop here with the fix instead."""
+    remote = model_dir / "modeling_videorope.py"
+    if remote.is_file() and "stop_callback" not in remote.read_text():
+        raise ValueError(
+            f"{remote} was written by an older videorope-train: it does not register the stop callback "
+            f"({STOP_REPORT_TO}) the launchers add to report_to; re-run `videorope-train prepare-model` with the "
+            f"model's --base and --out {model_dir} (it rewrites config and remote code, weights stay linked)"
+        )
 
 
 def _reached_max_steps(checkpoint: Path, args: dict) -> bool:

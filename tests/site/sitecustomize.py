@@ -48,9 +48,9 @@ if os.environ.get("VIDEOROPE_HOLD_AT_STEP"):  # stop on request at a known step 
     import time
 
     with contextlib.redirect_stdout(sys.stderr):
-        from videorope_train import graceful_stop
+        from videorope_train import graceful_stop, stop_callback
 
-    _on_step_end = graceful_stop.StopOnRequestCallback.on_step_end
+    _on_step_end = stop_callback.StopOnRequestCallback.on_step_end
 
     def _hold(self, args, state, control, _step=int(os.environ["VIDEOROPE_HOLD_AT_STEP"]), **kwargs):
         if state.global_step == _step:
@@ -62,4 +62,4 @@ if os.environ.get("VIDEOROPE_HOLD_AT_STEP"):  # stop on request at a known step 
                 time.sleep(0.2)
         return _on_step_end(self, args, state, control, **kwargs)
 
-    graceful_stop.StopOnRequestCallback.on_step_end = _hold
+    stop_callback.StopOnRequestCallback.on_step_end = _hold

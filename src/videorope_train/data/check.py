@@ -16,14 +16,15 @@ any sample would crash training.  Samples are checked in parallel worker process
 
 from __future__ import annotations
 
-import json
+import multiprocessing
 import os
 from collections import Counter
-import multiprocessing
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..launch import load_recipe
+from ..files import write_json
+from ..recipe import load_recipe
+from .json_records import iter_json_records
 
 PROBLEMS = ("empty", "missing", "corrupt", "truncated", "error")
 _WORKER: dict = {}
@@ -150,11 +151,7 @@ def _load_examples(dataset_attr, dataset_dir: str) -> Iterable[tuple[int, dict]]
     files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl")) if path.is_dir() else [path]
     index = 0
     for file in files:
-        if file.suffix == ".jsonl":
-            records = (json.loads(line) for line in file.open() if line.strip())
-        else:
-            records = json.loads(file.read_text())
-        for record in records:
+        for record, _ in iter_json_records(file):  # streamed: a 1.3M-sample dataset is never held in memory
             for column in ("system", "tools", "images", "videos", "audios"):  # as `datasets` fills absent columns
                 key = getattr(dataset_attr, column, None)
                 if key and key not in record:
@@ -164,9 +161,9 @@ def _load_examples(dataset_attr, dataset_dir: str) -> Iterable[tuple[int, dict]]
 
 
 def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrides: Iterable[str] = (),
-               out: str | Path = "data_check", workers: int = 2, limit: Optional[int] = None) -> dict:
-    """Check the recipe's datasets (or ``datasets``) with ``workers`` processes (0: in this one); returns the report
-    dict (also written to ``out``)."""
+               out: str | Path = "data_check", workers: Optional[int] = None, limit: Optional[int] = None) -> dict:
+    """Check the recipe's datasets (or ``datasets``) with ``workers`` processes (0: in this one; None: one per usable
+    CPU); returns the report dict (also written to ``out``)."""
     from llamafactory.data.parser import get_dataset_list
 
     args = load_recipe(recipe, overrides)
@@ -174,6 +171,7 @@ def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrid
         args["dataset"] = ",".join(datasets)
     names = [name.strip() for name in str(args["dataset"]).split(",")]
     dataset_dir = args.get("dataset_dir", "data")
+
     def tasks():  # streamed to the workers: a 1.3M-sample dataset is never held in memory at once
         for name, attr in zip(names, get_dataset_list(names, dataset_dir)):
             for index, example in _load_examples(attr, dataset_dir):
@@ -185,6 +183,8 @@ def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrid
 
     _pipeline(args)  # fail here, once, on a bad model / template / processor (a failing pool initializer respawns)
 
+    if workers is None:
+        workers = usable_cpus()
     if workers == 0:  # in this process (small datasets, debugging, tests): no interpreter start-up per worker
         _init_worker(args, one_thread=False)
         results = [check_sample(task) for task in tqdm(tasks(), desc="check-data", unit="sample")]
@@ -195,6 +195,13 @@ def check_data(recipe: str | Path, datasets: Optional[list[str]] = None, overrid
     report = _report(results, args)
     _write(report, results, Path(out), int(args.get("cutoff_len", 2048)))
     return report
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity on Linux; the machine's count where there is none, e.g. macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _report(results: list[dict], args: dict) -> dict:
@@ -223,7 +230,7 @@ def _write(report: dict, results: list[dict], out: Path, cutoff_len: int) -> Non
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_json(out / "report.json", report, default=str)
     tokens = [r["tokens"] for r in results if "tokens" in r]
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.hist(tokens or [0], bins=50)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_DATASET = "videorope_demo"
 DEMO_FILE = "videorope_demo.json"
 MEDIA_SUBDIR = "videorope_demo"
 

@@ -66,7 +66,6 @@ are replaced), and produces byte-identical output. Re-running with other setting
 
 from __future__ import annotations
 
-import codecs
 import glob
 import json
 import os
@@ -74,8 +73,11 @@ import random
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
+
+from ..files import write_text
+from ..video import probe_video
+from .json_records import iter_json_records
 
 DATASET_PREFIX = "llava_video_178k"
 SPLITS = ("0_2m", "2_3m")
@@ -93,69 +95,6 @@ STATE_VERSION = 1
 USER_ROLES = {"human": "user", "user": "user"}
 ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant"}
 PLACEHOLDER_RE = re.compile(r"\n?<(?:image|video)>\n?")
-
-
-# ----------------------------------------------------------------------------------------------- streaming JSON
-def iter_json_records(path: str | Path, chunk_size: int = 1 << 20) -> Iterator[tuple[dict, int]]:
-    """Yield ``(record, bytes_read)`` from a JSON array of objects (or JSON lines), reading ``chunk_size`` at a time.
-
-    Only the current chunk and the record being decoded are held in memory.
-    """
-    decoder = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8")()
-    buffer, position, bytes_read, eof = "", 0, 0, False
-    mode = None  # "array" or "lines"
-    with open(path, "rb") as handle:
-
-        def fill() -> None:
-            nonlocal buffer, position, bytes_read, eof
-            chunk = handle.read(chunk_size)
-            bytes_read += len(chunk)
-            eof = not chunk
-            buffer = buffer[position:] + utf8.decode(chunk, final=eof)
-            position = 0
-
-        while True:
-            while position < len(buffer) and buffer[position] in " \t\r\n":
-                position += 1
-            if position >= len(buffer):
-                if eof:
-                    break
-                fill()
-                continue
-            char = buffer[position]
-            if mode is None:
-                if char == "\ufeff":
-                    position += 1
-                    continue
-                if char == "[":
-                    mode, position = "array", position + 1
-                    continue
-                if char != "{":
-                    raise ValueError(f"{path}: expected a JSON array of records, found {char!r} at the start")
-                mode = "lines"
-            if mode == "array" and char == "]":
-                position += 1
-                mode = "closed"
-                continue
-            if mode == "closed":
-                raise ValueError(f"{path}: unexpected data after the closing ']'")
-            if mode == "array" and char == ",":
-                position += 1
-                continue
-            try:
-                record, end = decoder.raw_decode(buffer, position)
-            except json.JSONDecodeError as error:
-                if eof:
-                    raise ValueError(f"{path}: invalid JSON ({error.msg}) near byte {bytes_read}") from None
-                fill()
-                continue
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: expected JSON objects as records, got {type(record).__name__}")  # noqa: TRY004
-            position = end
-            yield record, bytes_read
-    if mode == "array":
-        raise ValueError(f"{path}: truncated JSON array (no closing ']')")
 
 
 # ------------------------------------------------------------------------------------------------------ layout
@@ -246,29 +185,6 @@ def _video_of(record: dict) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def probe_duration(path: str | Path) -> float:
-    """Seconds of a video file, read with PyAV (container duration, else the video stream's)."""
-    import av
-
-    with av.open(str(path)) as container:
-        if container.duration is not None:
-            return container.duration / av.time_base
-        stream = container.streams.video[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        if stream.frames and stream.average_rate:
-            return stream.frames / float(stream.average_rate)
-    raise ValueError(f"no duration in {path}")
-
-
-def _atomic_write(path: Path, text: str, scratch: Path) -> None:
-    scratch.mkdir(parents=True, exist_ok=True)
-    temporary = scratch / f".{path.name}.tmp"
-    temporary.write_text(text, encoding="utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(temporary, path)
-
-
 def _dumps(data) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
 
@@ -278,7 +194,7 @@ def _shard_text(records: list[dict]) -> str:
 
 
 def _write_shard(path: Path, records: list[dict], scratch: Path) -> None:
-    _atomic_write(path, _shard_text(records), scratch)
+    write_text(path, _shard_text(records), scratch)
 
 
 def dataset_entry(file_name: str) -> dict:
@@ -301,7 +217,7 @@ def merge_dataset_info(path: Path, entries: dict[str, dict], scratch: Path, remo
     info.update(entries)
     for name in remove:
         info.pop(name, None)
-    _atomic_write(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n", scratch)
+    write_text(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n", scratch)
 
 
 def parse_cap(value: str | int | None) -> int | None:
@@ -382,9 +298,9 @@ def prepare_llava_video(
         selection = json.loads(selection_path.read_text(encoding="utf-8"))
     else:
         selection = _select(files, src, roots, max_duration_s, probe, caps, seed, progress, tqdm)
-        _atomic_write(selection_path, _dumps(selection), work)
+        write_text(selection_path, _dumps(selection), work)
         state["selection_done"] = True
-        _atomic_write(state_path, _dumps(state), work)
+        write_text(state_path, _dumps(state), work)
     chosen = selection["paths"]  # key -> absolute video path, selected videos only
     split_of = selection["split_of"]
 
@@ -428,7 +344,7 @@ def prepare_llava_video(
             "samples": {split: counts[split]["samples"] for split in SPLITS if counts[split]["samples"]},
             "qa": {split: counts[split]["qa"] for split in SPLITS if counts[split]["qa"]},
         }
-        _atomic_write(state_path, _dumps(state), work)
+        write_text(state_path, _dumps(state), work)
     bar.close()
 
     # outputs: dataset_info entries, missing-video report, summary
@@ -442,10 +358,10 @@ def prepare_llava_video(
         merge_dataset_info(target, {name: dataset_entry(_file_name_from(target.parent, work / split))
                                     for name, split in ((f"{DATASET_PREFIX}_{s}", s) for s in SPLITS)
                                     if name in entries}, work)
-    _atomic_write(work / "missing_videos.txt", "".join(f"{line}\n" for line in selection["missing"]), work)
-    _atomic_write(work / "summary.json", _dumps(summary), work)
+    write_text(work / "missing_videos.txt", "".join(f"{line}\n" for line in selection["missing"]), work)
+    write_text(work / "summary.json", _dumps(summary), work)
     state["done"] = True
-    _atomic_write(state_path, _dumps(state), work)
+    write_text(state_path, _dumps(state), work)
     return summary
 
 
@@ -531,7 +447,7 @@ def _select(files, src, roots, max_duration_s, probe, caps, seed, progress, tqdm
                 continue
             if probe:
                 try:
-                    duration = probe_duration(resolved)
+                    duration = probe_video(resolved).duration
                 except Exception:  # noqa: BLE001 - any decoder failure means "unusable"
                     seen[key] = None
                     unreadable.append(str(resolved))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-COMMANDS = ("eval", "make-vniah-data", "make-vruler-data")
-
 
 def _size(value: str):
     height, sep, width = value.lower().partition("x")

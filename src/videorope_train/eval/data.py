@@ -28,6 +28,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..video import VideoInfo, probe_video
+
 ImageSource = Union[str, bytes]  # a file path or the encoded image itself
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
@@ -202,37 +204,6 @@ def load_needles(spec: Union[str, Path], distractors: Union[str, Path, None] = N
 
 
 # --------------------------------------------------------------------------------------------------- haystack
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    frames: int  # frame count (exact when the container says so, else duration × rate)
-    duration: float  # seconds
-    fps: float
-
-
-def probe_video(path: Union[str, Path]) -> VideoInfo:
-    import av
-
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1e6
-        frames = int(stream.frames or 0)
-        if frames <= 0:
-            if duration is None:
-                frames = sum(1 for _ in container.decode(stream))
-            else:
-                frames = max(1, round(duration * fps))
-        if duration is None or duration <= 0:
-            duration = frames / fps
-    return VideoInfo(frames, duration, fps)
 
 
 def sample_times(info: VideoInfo, count: int, fps: Optional[float] = None) -> Tuple[List[float], bool]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 import torch
 
+from ..files import atomic_output
 from .model import LoadedModel
 
 
@@ -58,10 +58,8 @@ def cached(path: Path, compute: Callable[[], dict]) -> dict:
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as temporary:
+        torch.save(value, temporary)
     return value
 
 

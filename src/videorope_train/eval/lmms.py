@@ -21,8 +21,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..data.budget import TOKEN_PIXELS, VideoBudget
-from .data import probe_video, read_frames, sample_times
+from ..video import TOKEN_PIXELS, VideoBudget, probe_video
+from .data import read_frames, sample_times
 
 CONTEXTS = {"8k": 8192, "16k": 16384, "32k": 32768, "64k": 64000}  # the papers' evaluation contexts
 TEXT_RESERVE = 512  # tokens the authors keep for text: total_pixels = (context - 512) * 28 * 28

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..files import write_json
+from ..rope import RopeConfig
+
 CONTEXTS = ("8k", "16k", "32k", "64k")
 # the paper's headline table (Qwen2-VL-7B, docs/method.md): 8k is in-distribution, 16k-64k extrapolation
 PAPER = {
@@ -38,12 +41,8 @@ def _model_args(text: str) -> Dict[str, str]:
 
 
 def _variant_of(model_dir: Optional[str]) -> Optional[str]:
-    if not model_dir:
-        return None
-    config = Path(model_dir) / "config.json"
-    if not config.is_file():
-        return None
-    return (json.loads(config.read_text()).get("videorope") or {}).get("variant")
+    rope = RopeConfig.of_model_dir(model_dir) if model_dir else None
+    return rope.variant if rope is not None else None
 
 
 def collect(run_dir: str | Path) -> dict:
@@ -154,5 +153,5 @@ def paper_comparison(runs: Sequence[Tuple[str, str]], out, variants: Optional[Di
     out.mkdir(parents=True, exist_ok=True)
     markdown = table(collected)
     (out / "paper.md").write_text(markdown)
-    (out / "paper.json").write_text(json.dumps(dict(collected), indent=1) + "\n")
+    write_json(out / "paper.json", dict(collected))
     return plot(collected, out / "paper.png"), markdown

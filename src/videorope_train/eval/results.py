@@ -1,12 +1,13 @@
-"""Result files of the resumable harnesses: atomic JSON writes, the model's identity, a run's summary + heatmap."""
+"""Result files of the resumable harnesses: the model's identity, a run's summary + heatmap."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional, Sequence
+
+from ..files import write_json
 
 
 def cell_name(num_frames: int, depth: float) -> str:
@@ -22,13 +23,6 @@ def model_identity(path: str | Path) -> dict:
             files[file.name] = [stat.st_size, stat.st_mtime_ns] if file.suffix != ".json" else hashlib.sha1(
                 file.read_bytes()).hexdigest()
     return {"path": str(path.resolve()), "files": files}
-
-
-def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def summarize(out: str | Path, lengths: Sequence[int], depths: Sequence[float], extra: Optional[dict] = None) -> dict:

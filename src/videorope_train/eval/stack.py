@@ -23,10 +23,11 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..data.budget import TOKEN_PIXELS, VideoBudget
+from ..files import write_json
 from ..rope import RopeConfig
+from ..video import TOKEN_PIXELS, VideoBudget
 from .model import LoadedModel, load_model
-from .results import cell_name, model_identity, summarize, write_json
+from .results import cell_name, model_identity, summarize
 
 NOISE = "This is noise text, please ignore it."
 VIDEO_TOKENS = 32768  # the authors' visual budget for the stacked video

@@ -33,30 +33,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..files import write_json
+from ..rope import head_dim_of
 from .data import haystack_frames, load_image, load_needles, needles_fingerprint, resize_rgb
 from .embeddings import cache_key as _key
 from .embeddings import cached as _cached
 from .embeddings import encode_frames, vision_fingerprint
-from .model import LoadedModel, default_device, load_model
+from .model import LoadedModel, load_model
 from .results import cell_name, summarize
 from .results import model_identity as _model_identity
-from .results import write_json as _write_json
-from .spliced import (
-    Batch,
-    PromptIds,
-    answer_logits,
-    assemble_batch,
-    forward_tail_logits,
-    prompt_ids,
-    score_tail_logits,
-    teacher_forced_exact_match,
-)
-
-__all__ = [  # the harness, and the shared parts it is built from (model.py, embeddings.py, spliced.py, results.py)
-    "Batch", "LoadedModel", "PromptIds", "VNIAHSettings", "answer_logits", "assemble_batch", "cell_name",
-    "default_device", "encode_frames", "forward_tail_logits", "load_model", "prompt_ids", "run_vniah",
-    "score_tail_logits", "summarize", "teacher_forced_exact_match", "vision_fingerprint",
-]
+from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
 
 NEEDLE = -1  # frame_sequence entries: >= 0 haystack frame index, NEEDLE / DISTRACTOR the inserted images
 DISTRACTOR = -2
@@ -209,7 +195,7 @@ def memory_plan(model_dir: str | Path, settings: VNIAHSettings, dtype_bytes: int
     text, vision = config.get("text_config") or config, config["vision_config"]
     hidden, layers = text["hidden_size"], text["num_hidden_layers"]
     heads, kv_heads, inter = text["num_attention_heads"], text["num_key_value_heads"], text["intermediate_size"]
-    head_dim = hidden // heads
+    head_dim = head_dim_of(text)
     patch, merge = vision["patch_size"], vision["spatial_merge_size"]
     height, width = settings.frame_size
     tokens_per_frame = (height // patch) * (width // patch) // merge**2
@@ -256,7 +242,7 @@ def _check_run_record(out: Path, record: dict, overwrite: bool) -> None:
                 f"{out} holds V-NIAH cells computed with other settings (changed: {', '.join(changed)}); use another "
                 f"--out, or --overwrite to discard them"
             )
-    _write_json(path, record)
+    write_json(path, record)
 
 
 def run_vniah(
@@ -374,7 +360,7 @@ def run_vniah(
                     if len(results[item.depth]) == len(needle_list):
                         entries = results[item.depth]
                         score = sum(e["correct"] for e in entries) / len(entries)
-                        _write_json(out / "cells" / f"{cell_name(num_frames, item.depth)}.json", {
+                        write_json(out / "cells" / f"{cell_name(num_frames, item.depth)}.json", {
                             "frames": num_frames, "depth": item.depth, "task": task, "score": score,
                             "needles": entries})
                         computed += 1

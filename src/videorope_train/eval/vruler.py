@@ -34,10 +34,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..files import write_json
 from .data import Needle, haystack_frames, load_image, resize_rgb
 from .embeddings import cache_key, cached, encode_frames, vision_fingerprint
 from .model import LoadedModel, load_model
-from .results import cell_name, model_identity, summarize, write_json
+from .results import cell_name, model_identity, summarize
 from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
 from .vniah import VNIAHSettings, depth_grid, distractor_draw, distractor_side, frame_counts
 

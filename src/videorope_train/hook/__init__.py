@@ -1,6 +1,8 @@
 """The Qwen2-VL hook: loading a prepared model directory with `trust_remote_code=True` runs these classes.
 
 Supported versions are checked here, at import, so an unsupported stack fails before any compute is spent.
+Importing the hook changes nothing global (no transformers table or function is patched); the remote code of a
+prepared model also registers the training side's stop callback by name (``stop_callback.register``).
 """
 
 import os
@@ -37,10 +39,6 @@ def check_versions() -> None:
 
 
 check_versions()
-
-from .. import graceful_stop  # noqa: E402
-
-graceful_stop.register()  # `report_to: [..., videorope_stop]` (added by the launchers) names its callback
 
 from .common import CONFIG_KEY, rope_config_of  # noqa: E402
 from .qwen2_5_vl import (  # noqa: E402

@@ -1,7 +1,8 @@
 """The hook's family-agnostic parts (Qwen2-VL and Qwen2.5-VL share them): mixins over transformers' classes.
 
-Version-specific (transformers 5.6), with the per-family files `qwen2_vl.py` and `qwen2_5_vl.py` the only
-modules that touch transformers' model internals.  What changes against the stock models:
+Written against the transformers releases of the support window (``hook/__init__.py`` SUPPORTED); what differs
+between them is in ``compat.py``, and the per-family files `qwen2_vl.py` and `qwen2_5_vl.py` are the only modules
+that touch transformers' model internals.  What changes against the stock models:
 
 - positions: ``get_rope_index`` / ``compute_3d_position_ids`` come from ``videorope_train.rope``; decoding with
   a KV cache uses p + rope_deltas (TAD: 2·p + rope_deltas) from the prefill of the *same* call;
@@ -28,12 +29,14 @@ from transformers.utils.generic import is_flash_attention_requested
 
 from .. import __version__
 from ..rope import (
+    CONFIG_KEY,
     POSITIONS_VERSION,
     PROVENANCE_KEY,
     RopeConfig,
     apply_rotary,
     frequency_axes,
     get_rope_index,
+    head_dim_of,
     rotary_cos_sin,
     scaled_inv_freq,
     sequence_local_positions,
@@ -41,23 +44,20 @@ from ..rope import (
 )
 from .compat import attention_call_kwargs, checkpoint_keys_to_module_keys
 
-CONFIG_KEY = "videorope"
-
-
 def hooked_model_type(model_type: str) -> str:
     """The marker config.json carries for a hooked model of stock ``model_type`` (e.g. qwen2_vl_videorope)."""
     return f"{model_type}_{CONFIG_KEY}"
 
 
 def rope_config_of(config: Any) -> RopeConfig:
-    """The ``RopeConfig`` stored in a model config's ``videorope`` block."""
-    block = getattr(config, CONFIG_KEY, None)
-    if block is None:
+    """The ``RopeConfig`` stored in a model config's ``videorope`` block (an error when there is none)."""
+    rope = RopeConfig.of_model_config(config)
+    if rope is None:
         raise ValueError(
             f"the model config has no '{CONFIG_KEY}' block; prepare the model with "
             f"`videorope-train prepare-model --base DIR --rope VARIANT --out DIR`"
         )
-    return block if isinstance(block, RopeConfig) else RopeConfig.from_dict(block)
+    return rope
 
 
 def provenance() -> dict:
@@ -217,10 +217,9 @@ class PlainRotaryAttentionMixin:
 
 def hook_language_model(language_model: nn.Module, rope: RopeConfig, attention_class: type) -> None:
     text_config = language_model.config
-    head_dim = text_config.hidden_size // text_config.num_attention_heads
     language_model.rotary_emb = VideoRopeRotaryEmbedding(
         rope,
-        head_dim,
+        head_dim_of(text_config),
         text_config.rope_parameters["rope_theta"],
         text_config.rope_parameters["mrope_section"],
     )

@@ -8,9 +8,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..rope import RopeConfig, scaled_inv_freq
-from ..data.budget import VideoBudget
-from .common import CONFIG_KEY, config_block, hooked_model_type
+from ..rope import CONFIG_KEY, RopeConfig, head_dim_of, scaled_inv_freq
+from ..video import VideoBudget
+from .common import config_block, hooked_model_type
 
 REMOTE_MODULE = "modeling_videorope"
 VIDEO_PROCESSOR_CLASS = "VideoRopeVideoProcessor"
@@ -48,8 +48,11 @@ RoPE settings are the "{CONFIG_KEY}" block of config.json.  Classes are subclass
 `save_pretrained` copies this file into every checkpoint, keeping checkpoints self-describing.
 """
 
+from videorope_train import stop_callback as _stop
 from videorope_train.hook import {self.hook_module} as _hook
 from videorope_train.hook import video_processor as _video
+
+_stop.register()  # the name the launchers add to report_to: the training side's stop-on-request callback
 
 
 class {self.config_class}(_hook.{self.config_class}):
@@ -89,13 +92,15 @@ def family_of(config: dict, where: Path) -> Family:
 
 def _validate_base(config: dict, base: Path) -> None:
     text = config.get("text_config") or config
-    heads = text.get("num_attention_heads")
-    hidden = text.get("hidden_size")
     rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
     section = rope.get("mrope_section")
-    if not (heads and hidden and section):
-        raise ValueError(f"{base}/config.json lacks hidden_size / num_attention_heads / mrope_section")
-    scaled_inv_freq(RopeConfig("mrope"), head_dim=hidden // heads, mrope_section=section)  # raises on mismatch
+    if not section:
+        raise ValueError(f"{base}/config.json lacks mrope_section (rope_parameters / rope_scaling)")
+    try:
+        head_dim = head_dim_of(text)
+    except ValueError as error:
+        raise ValueError(f"{base}/config.json: {error}") from None
+    scaled_inv_freq(RopeConfig("mrope"), head_dim=head_dim, mrope_section=section)  # raises on mismatch
 
 
 def _video_processor_files(base: Path, budget: VideoBudget) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""A Qwen2-VL video processor applying the authors' per-video pixel budget (``data.budget.VideoBudget``).
+"""A Qwen2-VL video processor applying the authors' per-video pixel budget (``video.VideoBudget``).
 
 LLaMA-Factory samples the frames (``video_fps``, ``video_maxlen``) and hands them to the processor's video
 processor; this one resizes each video by its own limit, min(max_frame_pixels, 2·total_pixels/frames).  It
@@ -17,7 +17,7 @@ from transformers import BatchFeature
 from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-from ..data.budget import VideoBudget
+from ..video import VideoBudget
 
 
 class VideoRopeVideoProcessor(Qwen2VLVideoProcessor):

@@ -4,7 +4,7 @@ Pure torch (no transformers / LLaMA-Factory import; Triton only for the optional
 integrations can reuse it.
 """
 
-from .config import EXTRAPOLATIONS, PROVENANCE_KEY, VARIANTS, RopeConfig
+from .config import CONFIG_KEY, EXTRAPOLATIONS, PROVENANCE_KEY, VARIANTS, RopeConfig, head_dim_of
 from .frequencies import AXIS_H, AXIS_T, AXIS_W, frequency_axes, scaled_inv_freq, yarn_ramp_bounds
 from .packing import sequence_local_positions, varlen_boundaries
 from .positions import POSITIONS_VERSION, get_rope_index
@@ -22,6 +22,7 @@ __all__ = [
     "AXIS_H",
     "AXIS_T",
     "AXIS_W",
+    "CONFIG_KEY",
     "EXTRAPOLATIONS",
     "POSITIONS_VERSION",
     "PROVENANCE_KEY",
@@ -31,6 +32,7 @@ __all__ = [
     "apply_rotary",
     "apply_rotary_eager",
     "frequency_axes",
+    "head_dim_of",
     "get_rope_index",
     "rotary_cos_sin",
     "rotary_mode",

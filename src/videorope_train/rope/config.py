@@ -1,13 +1,18 @@
 """`RopeConfig`: which position-embedding variant a model uses, and how it extrapolates.
 
-Pure Python: this is the block stored in a hooked model's ``config.json`` under ``"videorope"``.
+Pure Python: this is the block stored in a hooked model's ``config.json`` under ``"videorope"``, and the one
+reader of that block (``RopeConfig.of_model_config`` / ``of_model_dir``) everything else uses.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+CONFIG_KEY = "videorope"  # the key of the RoPE block in a hooked model's config.json
 
 VARIANTS = ("vanilla", "tad", "mrope", "videorope")
 EXTRAPOLATIONS = ("ntk", "yarn", "dynamic", "mrope++", "yarn-v")
@@ -87,3 +92,42 @@ class RopeConfig:
         if unknown:
             raise ValueError(f"unknown RoPE setting(s) {unknown}; known settings: {sorted(known)}")
         return cls(**dict(values))
+
+    @classmethod
+    def of_model_config(cls, config: Any, where: str = "the model config") -> Optional["RopeConfig"]:
+        """The settings in a model config's ``videorope`` block, or None when it has none.
+
+        ``config``: config.json's dict, or a transformers config object (the block is then an attribute).
+        """
+        block = config.get(CONFIG_KEY) if isinstance(config, Mapping) else getattr(config, CONFIG_KEY, None)
+        if block is None or isinstance(block, RopeConfig):
+            return block
+        if not isinstance(block, Mapping):
+            raise ValueError(f"{where}: the '{CONFIG_KEY}' block is a {type(block).__name__}, expected a mapping")
+        try:
+            return cls.from_dict(block)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: invalid '{CONFIG_KEY}' block: {error}") from None
+
+    @classmethod
+    def of_model_dir(cls, model_dir: Union[str, Path]) -> Optional["RopeConfig"]:
+        """The settings of ``model_dir/config.json``; None when there is no config.json or no block in it."""
+        path = Path(model_dir) / "config.json"
+        if not path.is_file():
+            return None
+        return cls.of_model_config(json.loads(path.read_text()), where=str(path))
+
+
+def head_dim_of(text_config: Any) -> int:
+    """Channels per attention head of a language-model config (dict or object): ``head_dim`` when the config sets
+    it (newer Qwen configs do), else hidden_size / num_attention_heads, as transformers' attention modules read it."""
+    def get(key):
+        return text_config.get(key) if isinstance(text_config, Mapping) else getattr(text_config, key, None)
+
+    head_dim = get("head_dim")
+    if head_dim:
+        return int(head_dim)
+    hidden, heads = get("hidden_size"), get("num_attention_heads")
+    if not hidden or not heads:
+        raise ValueError("the language-model config sets neither head_dim nor hidden_size and num_attention_heads")
+    return int(hidden) // int(heads)
