@@ -63,7 +63,7 @@ test-torch-newest: $(TORCH_VENV)/.installed
 $(TORCH_VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/pip install torch==$(NEWEST_TORCH) torchvision==$(NEWEST_TORCHVISION)
-	$(TORCH_VENV)/bin/pip install $$(grep -E '^(transformers|tokenizers|accelerate|peft|trl|datasets|av|matplotlib|pytest|hypothesis)==' requirements.txt | sed 's/ *#.*//')
+	$(TORCH_VENV)/bin/pip install $$(grep -E '^(transformers|tokenizers|accelerate|peft|trl|datasets|av|matplotlib|ijson|pytest|hypothesis)==' requirements.txt | sed 's/ *#.*//')
 	$(TORCH_VENV)/bin/pip install --no-deps -e .
 	touch $@
 

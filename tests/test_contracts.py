@@ -45,13 +45,16 @@ def test_the_support_window_is_pinned_end_to_end():
     end (`make test-newest`) are both pinned, the high end being the newest."""
     import re
 
+    from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
     from videorope_train.hook import SUPPORTED
 
-    low, first_unsupported = (Version(v) for v in SUPPORTED["transformers"])
+    window = SpecifierSet(SUPPORTED["transformers"])
+    low = min(Version(spec.version) for spec in window if spec.operator == ">=")
     pinned = sorted(Version(path.stem.split("-", 1)[1]) for path in PINNED.parent.glob("transformers-*.json"))
     newest = Version(re.search(r"^NEWEST_TRANSFORMERS := (\S+)$", (PINNED.parents[2] / "Makefile").read_text(),
                                re.M).group(1))
     assert pinned[0] == low and pinned[-1] == newest, pinned
-    assert all(low <= version < first_unsupported for version in pinned), pinned
+    assert all(window.contains(version) for version in pinned), pinned
+    assert not window.contains(Version(f"{newest.major}.{newest.minor}.{newest.micro + 1}"))  # the high end

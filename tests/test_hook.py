@@ -198,7 +198,7 @@ def test_version_check_rejects_unsupported(monkeypatch):
 
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: "4.45.2" if name == "transformers" else real(name))
-    with pytest.raises(ImportError, match="supports transformers >=5.6.0,<5.8.1 but 4.45.2 is installed"):
+    with pytest.raises(ImportError, match="supports transformers >=5.6.0,<=5.8.0 but 4.45.2 is installed"):
         hook.check_versions()
     for inside in ("5.6.0", "5.7.0", "5.8.0"):  # the window's ends and a release in between
         monkeypatch.setattr(metadata, "version", lambda name, v=inside: v if name == "transformers" else real(name))
@@ -208,6 +208,10 @@ def test_version_check_rejects_unsupported(monkeypatch):
         hook.check_versions()
     monkeypatch.setattr(metadata, "version", lambda name: "0.9.6.dev0" if name == "llamafactory" else real(name))
     hook.check_versions()  # LLaMA-Factory's main branch
+    for outside in ("0.9.4", "0.9.6"):  # an older release; a 0.9.6 nobody has tested yet
+        monkeypatch.setattr(metadata, "version", lambda name, v=outside: v if name == "llamafactory" else real(name))
+        with pytest.raises(ImportError, match=f"supports llamafactory >=0.9.5,<=0.9.6.dev0 but {outside}"):
+            hook.check_versions()
 
 
 def test_one_vision_pass_for_images_and_videos(hooked_dir, tiny_base):

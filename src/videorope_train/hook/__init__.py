@@ -8,15 +8,15 @@ prepared model also registers the training side's stop callback by name (``stop_
 import os
 from importlib import metadata
 
-from packaging.version import Version
+from packaging.specifiers import SpecifierSet
 
 SUPPORTED = {
-    # package: (lowest supported, first unsupported)
+    # package: the versions supported, as pyproject.toml declares them (tests/test_packaging.py keeps the two equal)
     # transformers: 5.6.0 is the newest LLaMA-Factory 0.9.5 (the registry's) accepts (its flash-attention crash is
     # guarded in compat.py); 5.8.0 the newest LLaMA-Factory's main branch accepts. Every release in between is pinned
     # in tests/contracts/; CI runs the hook and RoPE tests at both ends.
-    "transformers": ("5.6.0", "5.8.1"),
-    "llamafactory": ("0.9.5", "0.9.6"),  # 0.9.5, or the main branch (0.9.6.devN)
+    "transformers": ">=5.6.0,<=5.8.0",
+    "llamafactory": ">=0.9.5,<=0.9.6.dev0",  # 0.9.5, or the main branch (0.9.6.dev0)
 }
 
 
@@ -24,16 +24,16 @@ def check_versions() -> None:
     """Raise ImportError when an installed framework is outside the tested range."""
     if os.environ.get("VIDEOROPE_SKIP_VERSION_CHECK") == "1":
         return
-    for package, (low, high) in SUPPORTED.items():
+    for package, supported in SUPPORTED.items():
         try:
             installed = metadata.version(package)
         except metadata.PackageNotFoundError:
             if package == "transformers":
                 raise ImportError("videorope_train.hook needs transformers (pip install -r requirements.txt)")
             continue  # LLaMA-Factory is optional for plain-transformers use
-        if not Version(low) <= Version(installed) < Version(high):
+        if not SpecifierSet(supported).contains(installed, prereleases=True):
             raise ImportError(
-                f"videorope_train supports {package} >={low},<{high} but {installed} is installed; install the "
+                f"videorope_train supports {package} {supported} but {installed} is installed; install the "
                 f"tested set with `pip install -r requirements.txt` (or set VIDEOROPE_SKIP_VERSION_CHECK=1 at your risk)"
             )
 
