@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from videorope_train.eval.vruler import (
     RulerRecord,
@@ -109,6 +110,21 @@ def test_vruler_cli_runs_every_subtask_and_resumes(hooked_dir, tmp_path):
     assert json.loads((out / "vruler.json").read_text()) == result
 
 
+@pytest.mark.parametrize("num_frames", [700, 1300, 2700, 2900])
+def test_vruler_places_the_vniah_d_needle_as_eval_vniah(num_frames):
+    """One placement rule: depth k/10 puts the needle before haystack frame k·N/10 (integer arithmetic), in
+    V-RULER's V-NIAH-D as in `eval vniah`. At these lengths int(0.7·N) lands one frame early (0.7·700 =
+    489.99999999999994)."""
+    from videorope_train.eval.vniah import depth_grid, needle_frame_index
+
+    record = RulerRecord(("needle.png",), "Which?", "A", distractor="other.png")
+    for k, depth in enumerate(depth_grid(0.1)):
+        expected = k * num_frames // 10
+        assert needle_frame_index(depth, num_frames) == expected
+        sources = item_sources("vniah-d", num_frames, depth, record, 0, gap=num_frames + 1)  # no room: no distractor
+        assert sources.index(-1) == expected and -2 not in sources, (k, depth)
+
+
 def test_stack_pieces_worked_by_hand():
     from videorope_train.eval.stack import StackRecord, answer_letter, filler_split, question_text
 
@@ -116,13 +132,17 @@ def test_stack_pieces_worked_by_hand():
     assert filler_split(10, 1.0) == (0, 10)  # depth 1: at the very start
     assert filler_split(10, 0.35) == (6, 3)  # both floored, as the authors' int()
     assert answer_letter("(B) noise") == "B" and answer_letter(" C") == "C" and answer_letter("none") is None
+    assert answer_letter("A video of a dog") is None  # the article is not option A
+    assert answer_letter("A video of a dog. Answer: C") == "C" and answer_letter("A cat (D)") == "D"
+    assert answer_letter("A") == "A" and answer_letter("A.") == "A" and answer_letter("A) red") == "A"
+    assert answer_letter("A red") is None  # ambiguous: read as the article rather than guessed as option A
     record = StackRecord("v.mp4", "What?", ("x", "y"), 1)
     assert question_text(record) == "Question: What?\nOptions:\n(A) x\n(B) y"
 
 
 def test_stack_decoding_equals_the_models_own_generate(hooked_dir, tmp_path):
     """Chunked prefill + token-by-token decoding with the checkpoint's positions == model.generate on the same
-    inputs (the model's own multimodal path), for VideoRoPE and M-RoPE."""
+    inputs (the model's own multimodal path), for VideoRoPE, M-RoPE and TAD (whose text positions advance by two)."""
 
     from videorope_train.eval.model import load_model
     from videorope_train.eval.stack import greedy_answer, load_stack_records, stack_inputs
@@ -130,7 +150,7 @@ def test_stack_decoding_equals_the_models_own_generate(hooked_dir, tmp_path):
 
     paths = make_vruler_data(tmp_path / "data", frames=8, size=(56, 56))
     (record,) = load_stack_records(paths["stack"], tmp_path / "data" / "videos")[:1]
-    for variant in ("videorope", "mrope"):
+    for variant in ("videorope", "mrope", "tad"):
         lm = load_model(hooked_dir(variant), device="cpu")
         for depth in (0.0, 0.5, 1.0):
             inputs, (before, after) = stack_inputs(lm, record, context=300, depth=depth, video_tokens=64)
@@ -138,13 +158,42 @@ def test_stack_decoding_equals_the_models_own_generate(hooked_dir, tmp_path):
             eos = lm.model.generation_config.eos_token_id
             lm.model.generation_config.eos_token_id = None  # both decode all 6 tokens, nothing suppressed
             try:
-                want = lm.model.generate(**inputs, max_new_tokens=6, do_sample=False,
-                                         pad_token_id=lm.tokenizer.pad_token_id)[0, inputs["input_ids"].shape[1]:]
-                got = greedy_answer(lm, inputs, max_new_tokens=6, chunk_size=17)
+                want = lm.model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
+                                         return_dict_in_generate=True, pad_token_id=lm.tokenizer.pad_token_id)
+                got, logits = greedy_answer(lm, inputs, max_new_tokens=6, chunk_size=17)
             finally:
                 lm.model.generation_config.eos_token_id = eos
-            assert len(want) == 6
-            assert got == want.tolist(), (variant, depth)
+            tokens = want.sequences[0, inputs["input_ids"].shape[1]:]
+            assert len(tokens) == 6
+            # The logits too, not only their argmax (a tiny random model's greedy tokens do not notice TAD decoding
+            # one position short): float32 sums over another chunking differ by a few ulp of logits below 1 (seen:
+            # <= 1.5e-7); one position off moves them by ~4e-4.
+            torch.testing.assert_close(logits, torch.cat(want.logits).float(), rtol=0, atol=1e-5)
+            assert got == tokens.tolist(), (variant, depth)
+
+
+def test_stack_refuses_cells_of_another_model(hooked_dir, tmp_path):
+    """A second checkpoint into the same --out: its cells are not the first one's (V-NIAH and the other V-RULER
+    subtasks refuse the same way); the same checkpoint resumes; --overwrite starts over."""
+    from videorope_train.eval.stack import load_stack_records, run_stack
+    from videorope_train.eval.synthetic import make_vruler_data
+
+    paths = make_vruler_data(tmp_path / "data", frames=8, size=(56, 56))
+    records = load_stack_records(paths["stack"], tmp_path / "data" / "videos")[:1]
+    out = tmp_path / "out"
+
+    def run(variant, **kwargs):
+        return run_stack(str(hooked_dir(variant)), records, out, [300], [0.0], max_new_tokens=1, video_tokens=64,
+                         progress=False, **kwargs)
+
+    first = run("videorope")
+    cell = out / "cells" / "len300_depth0.json"
+    stamp = cell.stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"holds stack cells computed with other settings \(changed: model\)"):
+        run("mrope")
+    assert run("videorope")["cells"] == first["cells"] and cell.stat().st_mtime_ns == stamp  # resumed
+    assert run("mrope", overwrite=True)["model"] == str(hooked_dir("mrope"))
+    assert cell.stat().st_mtime_ns != stamp  # recomputed for the second model
 
 
 @pytest.mark.slow

@@ -19,15 +19,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..files import write_json
 from ..rope import RopeConfig
 from ..video import TOKEN_PIXELS, VideoBudget
 from .model import LoadedModel, load_model
-from .results import cell_name, model_identity, summarize
+from .results import CellGrid, model_identity
 
 NOISE = "This is noise text, please ignore it."
 VIDEO_TOKENS = 32768  # the authors' visual budget for the stacked video
@@ -74,14 +73,25 @@ def filler_split(copies: int, depth: float) -> tuple:
 
 
 def answer_letter(text: str) -> Optional[str]:
-    match = re.search(r"\b([A-H])\b", text.strip())
-    return match.group(1) if match else None
+    """The option letter an answer names: a parenthesised ``(B)`` first, else the first standalone capital A–H that
+    is not the article "A" starting a phrase ("A video of …")."""
+    text = text.strip()
+    bracketed = re.search(r"\(([A-H])\)", text)
+    if bracketed:
+        return bracketed.group(1)
+    for match in re.finditer(r"\b([A-H])\b", text):
+        if match.group(1) == "A" and re.match(r"\s+[a-z]", text[match.end():]):
+            continue  # an article, not option A
+        return match.group(1)
+    return None
 
 
 @torch.inference_mode()
-def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Optional[int] = None) -> List[int]:
-    """Greedy tokens after the prompt: chunked prefill of the spliced embeddings with the checkpoint's positions,
-    then one token at a time with the KV cache (positions continue from the prompt's last one)."""
+def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Optional[int] = None
+                  ) -> Tuple[List[int], torch.Tensor]:
+    """Greedy tokens after the prompt and the logits [tokens, vocab] (float32) each was chosen from: chunked prefill of
+    the spliced embeddings with the checkpoint's positions, then one token at a time with the KV cache (positions
+    continue from the prompt's last one by the variant's step)."""
     model, device = lm.model, lm.input_device
     input_ids = inputs["input_ids"].to(device)
     grid = inputs["video_grid_thw"].to(device)
@@ -101,19 +111,21 @@ def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Opti
         out = model(inputs_embeds=embeds[:, start:start + step], position_ids=positions[..., start:start + step],
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
-    tokens, last = [], positions[..., -1:]
+    tokens, logits, last = [], [], positions[..., -1:]
+    position_step = rope.text_position_step if isinstance(rope, RopeConfig) else 1  # stock M-RoPE: one per token
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     for _ in range(max_new_tokens):
-        token = int(out.logits[0, -1].argmax())
+        logits.append(out.logits[0, -1].float())
+        token = int(logits[-1].argmax())
         tokens.append(token)
         if token in eos:
             break
-        last = last + 1  # text after the prompt: one position further on every axis
+        last = last + position_step  # text after the prompt: the same step on every axis (TAD: two)
         out = model(inputs_embeds=model.get_input_embeddings()(torch.tensor([[token]], device=device)),
                     position_ids=last, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
-    return tokens
+    return tokens, torch.stack(logits)
 
 
 def stack_inputs(lm: LoadedModel, record: StackRecord, context: int, depth: float, video_tokens: int = VIDEO_TOKENS):
@@ -140,30 +152,29 @@ def stack_inputs(lm: LoadedModel, record: StackRecord, context: int, depth: floa
 
 def run_stack(model, records: Sequence[StackRecord], out, contexts: Sequence[int], depths: Sequence[float],
               max_new_tokens: int = 3, chunk_size: Optional[int] = None, video_tokens: int = VIDEO_TOKENS,
-              load_kwargs: Optional[dict] = None, progress: bool = True) -> dict:
+              load_kwargs: Optional[dict] = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Run (or resume) the lengthy multimodal stack: one cell per (context, depth); returns the summary."""
     from tqdm.auto import tqdm
 
-    out = Path(out)
     model_path = model.path if isinstance(model, LoadedModel) else str(model)
+    record = {"model": model_identity(model_path), "video_tokens": video_tokens,
+              "records": [[r.video, r.question, list(r.candidates), r.correct] for r in records],
+              "max_new_tokens": max_new_tokens}
+    grid = CellGrid(out, record, "stack", overwrite)
     extra = {"name": "stack", "task": "stack", "model": model_path, "video_tokens": video_tokens}
-    pending = [(c, d) for c in contexts for d in depths if not (out / "cells" / f"{cell_name(c, d)}.json").is_file()]
+    pending = grid.pending(contexts, depths)
     if pending:
-        write_json(out / "run.json", {"model": model_identity(model_path), "video_tokens": video_tokens,
-                                      "records": [r.video for r in records], "max_new_tokens": max_new_tokens})
         lm = model if isinstance(model, LoadedModel) else load_model(model, **(load_kwargs or {}))
         for context, depth in tqdm(pending, desc="stack", disable=not progress):
             entries = []
             for index, record in enumerate(records):
                 inputs, (before, after) = stack_inputs(lm, record, context, depth, video_tokens)
-                tokens = greedy_answer(lm, inputs, max_new_tokens, chunk_size)
+                tokens, _ = greedy_answer(lm, inputs, max_new_tokens, chunk_size)
                 text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
                 letter = answer_letter(text)
                 entries.append({"record": index, "prediction": text, "letter": letter,
                                 "answer": LETTERS[record.correct], "correct": int(letter == LETTERS[record.correct]),
                                 "tokens": int(inputs["input_ids"].shape[1]), "filler_before": before,
                                 "filler_after": after})
-            write_json(out / "cells" / f"{cell_name(context, depth)}.json", {
-                "frames": context, "depth": depth, "task": "stack",
-                "score": sum(e["correct"] for e in entries) / len(entries), "records": entries})
-    return summarize(out, list(contexts), list(depths), extra)
+            grid.write_cell(context, depth, "stack", entries)
+    return grid.summarize(list(contexts), list(depths), extra)

@@ -26,28 +26,25 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..files import write_json
 from ..rope import head_dim_of
 from .data import haystack_frames, load_image, load_needles, needles_fingerprint, resize_rgb
 from .embeddings import cache_key as _key
 from .embeddings import cached as _cached
 from .embeddings import encode_frames, vision_fingerprint
 from .model import LoadedModel, load_model
-from .results import cell_name, summarize
+from .results import CellGrid
 from .results import model_identity as _model_identity
 from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
 
 NEEDLE = -1  # frame_sequence entries: >= 0 haystack frame index, NEEDLE / DISTRACTOR the inserted images
 DISTRACTOR = -2
 TASKS = ("vniah", "vniah-d")
-RUN_RECORD = "run.json"
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -230,21 +227,6 @@ def format_memory_plan(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _check_run_record(out: Path, record: dict, overwrite: bool) -> None:
-    path = out / RUN_RECORD
-    if overwrite:
-        shutil.rmtree(out / "cells", ignore_errors=True)
-    elif path.is_file():
-        old = json.loads(path.read_text())
-        if old != record and any((out / "cells").glob("*.json")):
-            changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise ValueError(
-                f"{out} holds V-NIAH cells computed with other settings (changed: {', '.join(changed)}); use another "
-                f"--out, or --overwrite to discard them"
-            )
-    write_json(path, record)
-
-
 def run_vniah(
     model: str | Path | LoadedModel,
     haystack: str | Path,
@@ -292,16 +274,16 @@ def run_vniah(
         "distractor_gap": settings.distractor_gap,
         "seed": settings.seed,
     }
-    _check_run_record(out, record, overwrite)
+    grid = CellGrid(out, record, "V-NIAH", overwrite)
     extra = {"name": name, "task": task, "model": str(model_path), "frame_size": list(settings.frame_size),
              "distractor_gap": settings.distractor_gap if task == "vniah-d" else None}
-    pending = [(n, d) for n in lengths for d in depths if not (out / "cells" / f"{cell_name(n, d)}.json").is_file()]
+    pending = grid.pending(lengths, depths)
     previous = out / "summary.json"
     if previous.is_file():  # what only a loaded model tells, kept from the run that computed the cells
         old = json.loads(previous.read_text())
         extra.update({k: old[k] for k in ("tokens_per_frame", "rope") if k in old})
     if not pending:
-        return {**summarize(out, lengths, depths, extra), "computed_cells": 0}
+        return {**grid.summarize(lengths, depths, extra), "computed_cells": 0}
 
     lm = model if isinstance(model, LoadedModel) else load_model(model, **(load_kwargs or {}))
     frame_size = tuple(settings.frame_size)
@@ -358,13 +340,9 @@ def run_vniah(
                                  predicted=lm.tokenizer.decode(predicted))
                     results[item.depth].append(entry)
                     if len(results[item.depth]) == len(needle_list):
-                        entries = results[item.depth]
-                        score = sum(e["correct"] for e in entries) / len(entries)
-                        write_json(out / "cells" / f"{cell_name(num_frames, item.depth)}.json", {
-                            "frames": num_frames, "depth": item.depth, "task": task, "score": score,
-                            "needles": entries})
+                        grid.write_cell(num_frames, item.depth, task, results[item.depth], key="needles")
                         computed += 1
                 bar.update(len(chunk))
     finally:
         bar.close()
-    return {**summarize(out, lengths, depths, extra), "computed_cells": computed}
+    return {**grid.summarize(lengths, depths, extra), "computed_cells": computed}

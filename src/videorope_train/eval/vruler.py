@@ -26,7 +26,6 @@ import ast
 import hashlib
 import json
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,9 +37,9 @@ from ..files import write_json
 from .data import Needle, haystack_frames, load_image, resize_rgb
 from .embeddings import cache_key, cached, encode_frames, vision_fingerprint
 from .model import LoadedModel, load_model
-from .results import cell_name, model_identity, summarize
+from .results import CellGrid, model_identity
 from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
-from .vniah import VNIAHSettings, depth_grid, distractor_draw, distractor_side, frame_counts
+from .vniah import VNIAHSettings, depth_grid, distractor_draw, distractor_side, frame_counts, needle_frame_index
 
 SUBTASKS = ("mkmv", "counting", "ordering", "vniah-d")
 MKMV_BIN = 0.2
@@ -111,8 +110,8 @@ def load_records(path: str | Path, images: str | Path, subtask: str) -> List[Rul
 
 def mkmv_positions(num_frames: int, depth: float, count: int, rng: random.Random) -> List[int]:
     """Sorted insertion points (before haystack frame p) of ``count`` needles in the bin [d·N, (d+0.2)·N)."""
-    start = int(depth * num_frames)
-    stop = max(start, int((depth + MKMV_BIN) * num_frames) - 1)
+    start = needle_frame_index(depth, num_frames)
+    stop = max(start, needle_frame_index(depth + MKMV_BIN, num_frames) - 1)
     return sorted(rng.randint(start, min(stop, num_frames)) for _ in range(count))
 
 
@@ -144,7 +143,7 @@ def item_sources(subtask: str, num_frames: int, depth: float, record: RulerRecor
         return insert_needles(num_frames, mkmv_positions(num_frames, depth, count, rng))
     if subtask in ("counting", "ordering"):
         return insert_needles(num_frames, spread_positions(num_frames, count))
-    at = int(depth * num_frames)  # vniah-d: the needle, and its distractor (-2) gap frames away
+    at = needle_frame_index(depth, num_frames)  # vniah-d: as eval vniah places it; its distractor (-2) gap away
     side = distractor_side(at, num_frames, gap, distractor_draw(seed, num_frames, depth, index))
     if side is None:
         return insert_needles(num_frames, [at])
@@ -221,16 +220,9 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                   "haystack": [str(haystack.resolve()), haystack.stat().st_size], "records": _records_fingerprint(recs),
                   "frame_size": list(frame_size), "haystack_fps": settings.haystack_fps, "seed": settings.seed,
                   "distractor_gap": settings.distractor_gap}
-        run_record = sub_out / "run.json"
-        if overwrite:
-            shutil.rmtree(sub_out / "cells", ignore_errors=True)
-        elif run_record.is_file() and json.loads(run_record.read_text()) != record and any(
-                (sub_out / "cells").glob("*.json")):
-            raise ValueError(f"{sub_out} holds {name} cells computed with other settings; use another --out, or "
-                             "--overwrite to discard them")
-        write_json(run_record, record)
+        grid = CellGrid(sub_out, record, name, overwrite)
         extra = {"name": name, "task": name, "model": model_path, "frame_size": list(frame_size)}
-        pending = [(n, d) for n in lengths for d in depths if not (sub_out / "cells" / f"{cell_name(n, d)}.json").is_file()]
+        pending = grid.pending(lengths, depths)
         if pending:
             if lm is None:
                 lm = model if isinstance(model, LoadedModel) else load_model(model, **(load_kwargs or {}))
@@ -282,21 +274,17 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                                         "needle_frames": [k for k, s in enumerate(item.sources) if s < 0],
                                         "video_frames": item.video_frames})
                     bar.update(len(chunk))
-                write_json(sub_out / "cells" / f"{cell_name(num_frames, depth)}.json", {
-                    "frames": num_frames, "depth": depth, "task": name,
-                    "score": sum(e["correct"] for e in entries) / len(entries), "records": entries})
+                grid.write_cell(num_frames, depth, name, entries)
             bar.close()
-        summaries[name] = summarize(sub_out, lengths, depths, extra)
+        summaries[name] = grid.summarize(lengths, depths, extra)
     if stack:
         from .stack import load_stack_records, run_stack
 
-        if overwrite:
-            shutil.rmtree(out / "stack" / "cells", ignore_errors=True)
         summaries["stack"] = run_stack(
             lm if lm is not None else model, load_stack_records(stack["records"], stack["videos"]), out / "stack",
             stack["contexts"], stack["depths"], max_new_tokens=stack.get("max_new_tokens", 3),
             chunk_size=settings.chunk_size, video_tokens=stack.get("video_tokens", 32768), load_kwargs=load_kwargs,
-            progress=progress)
+            overwrite=overwrite, progress=progress)
     scores = {name: s["average"] for name, s in summaries.items()}
     result = {"subtasks": scores, "complete": all(s["complete"] for s in summaries.values()),
               "vruler": (sum(scores.values()) / len(scores)) if all(v is not None for v in scores.values()) else None}

@@ -308,9 +308,8 @@ class VideoRopeModelMixin:
             raise ValueError("decoding with a KV cache needs this model's prefill pass on the same cache first")
         if deltas.shape[0] != batch:
             deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0)
-        steps = 2 if self.rope.variant == "tad" else 1
         cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
-        position_ids = steps * cache_position.view(1, -1) + deltas.to(inputs_embeds.device)
+        position_ids = self.rope.text_position_step * cache_position.view(1, -1) + deltas.to(inputs_embeds.device)
         return position_ids.unsqueeze(0).expand(3, -1, -1)
 
     def _normalise_position_ids(self, position_ids, input_ids, image_grid_thw, video_grid_thw, attention_mask):

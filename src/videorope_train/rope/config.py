@@ -80,6 +80,12 @@ class RopeConfig:
             return True
         return float(self.temporal_stride).is_integer() and self.centering == "code"
 
+    @property
+    def text_position_step(self) -> int:
+        """How far each text token after the prompt moves the position: TAD counts a token twice (its time index
+        and its 1-D index both advance), every other variant once.  Decoding uses it."""
+        return 2 if self.variant == "tad" else 1
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

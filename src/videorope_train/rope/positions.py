@@ -196,7 +196,6 @@ def get_rope_index(
         video_token_id: (_GridRows(video_grid_thw, "video_grid_thw"), "video"),
     }
     dtype = torch.long if cfg.positions_are_integer else torch.float32
-    decode_steps_per_token = 2 if cfg.variant == "tad" else 1
 
     ids_cpu = input_ids.detach().cpu()
     position_ids = torch.ones(3, batch, seq_len, dtype=torch.float64)
@@ -208,5 +207,5 @@ def get_rope_index(
         next_positions[b, 0] = next_position
     for rows, _ in grids.values():
         rows.check_all_used()
-    rope_deltas = next_positions - decode_steps_per_token * seq_len
+    rope_deltas = next_positions - cfg.text_position_step * seq_len
     return position_ids.to(dtype=dtype, device=input_ids.device), rope_deltas.to(dtype=dtype, device=input_ids.device)
