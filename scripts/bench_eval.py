@@ -5,7 +5,7 @@
     python scripts/bench_eval.py --model CKPT ...       # a real checkpoint instead of random weights
     python scripts/bench_eval.py ... --video movie.mp4  # a real video instead of the synthetic ones
 
-Every question goes through the lmms-eval backend's own path (``eval/lmms.py``: 2 fps, at most 768 frames, the
+Every question goes through the lmms-eval backend's own path (``eval/lmms.py`` and ``eval/video.py``: 2 fps, at most 768 frames, the
 context's pixel budget, the processor, ``model.generate``), one question at a time as lmms-eval runs it:
 
 * ``read``: decoding the sampled frames of a video not read yet (CPU). ``read_frames`` decodes every frame of the
@@ -42,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from videorope_train.video import probe_video  # noqa: E402
-from videorope_train.eval.lmms import CONTEXTS, VideoRope  # noqa: E402
+from videorope_train.eval.lmms import VideoRope  # noqa: E402
+from videorope_train.eval.video import CONTEXTS  # noqa: E402
 from videorope_train.eval.model import LoadedModel, load_model  # noqa: E402
 
 # the papers' 7B models: (family, language-model sizes, vision-tower sizes); "tiny" is the CPU smoke shape
@@ -129,8 +130,8 @@ def time_question(backend: VideoRope, video: str, decode_tokens: int, repeats: i
 
     read, processor, prefill, decode = [], [], [], []
     for repeat in range(repeats + 1):  # the first round warms up (kernels, allocator, file cache)
-        backend.last_video = None  # a video not read yet
-        _, read_s = timed(lambda: backend.video(video))
+        backend.videos.last = None  # a video not read yet
+        _, read_s = timed(lambda: backend.videos(video))
         inputs, processor_s = timed(lambda: backend.prompt_inputs(PROMPT, [video]))  # frames kept: processor only
         _, one = timed(lambda: generate(inputs, 1))
         _, many = timed(lambda: generate(inputs, 1 + decode_tokens))

@@ -327,3 +327,20 @@ def test_checkpoints_record_their_writer_and_warn_on_other_positions(hooked_dir,
     with pytest.warns(UserWarning, match=r"written by videorope-train 0\.0\.9 .* computes positions differently"):
         model = load_hooked(tmp_path / "saved")
     assert model.rope == RopeConfig("videorope")  # the provenance record is not a setting
+
+
+def test_a_correct_load_warns_nothing_about_the_model_type(hooked_dir, monkeypatch):
+    """config.json's hooked marker (qwen2_vl_videorope) is read as the stock type by the class it names: no
+    "You are using a model of type ... to instantiate a model of type ..." on a correct load, which is the line the
+    README names as the symptom of a wrong one (a stock class on a hooked directory)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, configuration_utils
+
+    warned = []
+    monkeypatch.setattr(configuration_utils.logger, "warning", lambda message, *args, **kwargs: warned.append(message))
+    model_dir = hooked_dir("videorope")
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True)
+    assert config.model_type == "qwen2_vl" and config.to_dict()["model_type"] == "qwen2_vl_videorope"
+    assert not [m for m in warned if "to instantiate a model of type" in m], warned
+    stock = configuration_utils.PretrainedConfig.get_config_dict(str(model_dir))[0]["model_type"]
+    assert stock == "qwen2_vl_videorope"  # what a stock class reads: the marker stays in config.json

@@ -45,49 +45,6 @@ metadata:
 """
 
 
-def test_frame_sampling_follows_the_authors_settings():
-    from videorope_train.eval.lmms import frame_count, frame_size, video_budget
-
-    assert video_budget("8k").total_pixels == (8192 - 512) * 28 * 28
-    assert video_budget("64k").max_tokens == 64000 - 512
-    assert frame_count(duration=10.0, available=250) == 20  # 2 fps
-    assert frame_count(duration=1000.0, available=25000) == 768  # capped
-    assert frame_count(duration=0.5, available=12) == 4  # at least 4
-    assert frame_count(duration=3.0, available=90, frames=7) == 8  # even
-    height, width = frame_size(480, 640, 144 * 784, 768 * 784)
-    assert height % 28 == 0 and width % 28 == 0 and height * width <= 768 * 784
-    assert abs(width / height - 640 / 480) < 0.1
-    with pytest.raises(ValueError, match="leaves no room"):
-        video_budget(400)
-
-
-def test_the_frame_floor_outweighs_the_context_budget_on_long_videos():
-    """qwen_vl_utils' rule, worked by hand. A 30-min video: 768 frames at 2 fps = 384 temporal patches. At 8k the
-    frame's share is 2 * 7680 * 784 / 768 = 20 tokens' worth, below the floor, so the limit is
-    int(1.05 * 144 * 784) = 118,540 px (the same at 16k and 32k):
-    640x360: 364x644 rounded is too big; scaled by sqrt(230400 / 118540) = 1.3942 and floored to 28-multiples:
-    252x448 = 9x16 = 144 tokens -> 55,296 video tokens. 640x480: scaled by sqrt(307200 / 118540) = 1.6098:
-    480 / 1.6098 / 28 = 10.65 -> 280, 640 / 1.6098 / 28 = 14.20 -> 392: 10x14 = 140 tokens -> 53,760 (with the
-    limit at the bare floor, 112,896 px, it would be 280x364 = 130 tokens).
-    At 64k the share, 2 * 63488 * 784 / 768 = 129,621 px, is above 118,540: 640x360 scaled by sqrt(230400 / 129621)
-    = 1.3332 -> 270.0 / 28 = 9.64 -> 252, 480.0 / 28 = 17.1 -> 476: 9x17 = 153 tokens -> 58,752."""
-    from videorope_train.eval.lmms import frame_count, frame_pixel_limit, frame_size, video_budget
-
-    frames = frame_count(duration=1800.0, available=54000)
-    assert frames == 768
-    for context in ("8k", "16k", "32k"):
-        budget = video_budget(context)
-        limit = frame_pixel_limit(budget, frames)
-        assert limit == 118_540
-        assert frame_size(360, 640, budget.min_frame_pixels, limit) == (252, 448)
-        assert frame_size(480, 640, budget.min_frame_pixels, limit) == (280, 392)
-    budget = video_budget("64k")
-    limit = frame_pixel_limit(budget, frames)
-    assert limit == pytest.approx(129_621.33, abs=0.01)
-    assert frame_size(360, 640, budget.min_frame_pixels, limit) == (252, 476)
-    assert frame_pixel_limit(video_budget("8k"), 8) == 768 * 784  # a short clip: the per-frame cap
-
-
 @pytest.mark.slow
 def test_lmms_eval_cli_scores_a_local_task_with_the_checkpoints_positions(hooked_dir, tmp_path):
     from videorope_train.data.demo import write_video
@@ -185,6 +142,22 @@ def test_paper_comparison_table_and_plot(hooked_dir, tmp_path):
         collect(tmp_path / "cmp")
 
 
+def test_bad_arguments_are_named_before_the_model_loads(tmp_path, monkeypatch):
+    from videorope_train.eval import model as model_module
+    from videorope_train.eval.lmms import VideoRope
+
+    monkeypatch.setattr(model_module, "default_device", lambda: pytest.fail("a model started loading"))
+    with pytest.raises(FileNotFoundError, match=f"checkpoint directory {tmp_path / 'nowhere'} does not exist"):
+        VideoRope(pretrained=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        VideoRope(pretrained=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match=r"context='12k' is neither one of the papers' contexts \(8k, 16k, 32k, 64k\)"):
+        VideoRope(pretrained=str(tmp_path / "nowhere"), context="12k")  # the context first: nothing opened
+    with pytest.raises(ValueError, match="unknown model_args"):
+        VideoRope(pretrained=str(tmp_path / "nowhere"), frame=4)
+
+
 class _Request:  # what lmms-eval hands a model: an object whose .args is the request tuple
     def __init__(self, *args):
         self.args = args
@@ -268,12 +241,14 @@ def test_consecutive_questions_on_one_video_decode_it_once(backend, tmp_path, mo
     from videorope_train.data.demo import write_video
     from videorope_train.eval import lmms
 
+    from videorope_train.eval import video
+
     reads = []
-    real_read = lmms.read_frames
-    monkeypatch.setattr(lmms, "read_frames", lambda *args: reads.append(args[0]) or real_read(*args))
+    real_decode = video.decode_frames
+    monkeypatch.setattr(video, "decode_frames", lambda *args: reads.append(str(args[3])) or real_decode(*args))
     first = write_video(tmp_path / "a.mp4", frames=6, width=56, height=84, fps=2, seed=1)
     other = write_video(tmp_path / "b.mp4", frames=8, width=84, height=56, fps=2, seed=2)
-    backend.last_video = None
+    backend.videos.last = None
     one = backend.prompt_inputs("Question one?", [str(first)])
     two = backend.prompt_inputs("Question two?", [str(first)])
     assert reads == [str(first)]
@@ -301,8 +276,10 @@ def test_the_next_requests_video_is_read_while_this_one_generates(backend, tmp_p
 
     video_a = str(write_video(tmp_path / "a.mp4", frames=6, width=56, height=56, fps=2, seed=4))
     video_b = str(write_video(tmp_path / "b.mp4", frames=4, width=84, height=56, fps=2, seed=5))
+    from videorope_train.eval import video
+
     reads, b_started = [], threading.Event()
-    real_frames = lmms.video_frames
+    real_frames = video.video_frames
 
     def spy(path, *args):
         reads.append((path, threading.current_thread().name))
@@ -322,19 +299,34 @@ def test_the_next_requests_video_is_read_while_this_one_generates(backend, tmp_p
     gen = {"max_new_tokens": 3, "until": []}
     expected = [backend._generate(f"Q{i}?", [doc["video"]], gen) for i, doc in enumerate(docs)]
     monkeypatch.setattr(backend, "task_dict", {"t": {"test": docs}})
-    backend.last_video = None
-    monkeypatch.setattr(lmms, "video_frames", spy)
+    backend.videos.last = None
+    monkeypatch.setattr(video, "video_frames", spy)
     monkeypatch.setattr(backend.model, "generate", generate_waiting_for_b)
     visual = lambda doc: [doc["video"]]  # noqa: E731
     answers = backend.generate_until([_Request(f"Q{i}?", dict(gen), visual, i, "t", "test") for i in range(3)])
     assert answers == expected and len(calls) == 3
     assert [path for path, _ in reads] == [video_a, video_b]
-    assert reads[1][1].startswith("videorope-video") and backend.pending == {}
+    assert reads[1][1].startswith("videorope-video") and backend.videos.pending == {}
 
+
+def test_unreadable_videos_are_named_before_anything_is_generated(backend, tmp_path, monkeypatch):
+    """A missing file and one that is not a video, in the 2nd and 3rd requests: one error names both (and their
+    documents) before the first request generates; lmms-eval would otherwise lose the run when it reached them."""
+    from videorope_train.data.demo import write_video
+
+    good = str(write_video(tmp_path / "good.mp4", frames=4, width=56, height=56, fps=2, seed=6))
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all")
-    with pytest.raises(Exception) as direct:
-        real_frames(str(broken), backend.budget)
-    backend.task_dict = {"t": {"test": [{"video": video_a}, {"video": str(broken)}]}}
-    with pytest.raises(type(direct.value)):
-        backend.generate_until([_Request(f"Q{i}?", dict(gen), visual, i, "t", "test") for i in range(2)])
+    missing = str(tmp_path / "missing.mp4")
+    docs = [{"video": good}, {"video": missing}, {"video": str(broken)}]
+    monkeypatch.setattr(backend, "task_dict", {"t": {"test": docs}})
+    calls = []
+    monkeypatch.setattr(backend.model, "generate", lambda **kwargs: calls.append(kwargs))
+    visual = lambda doc: [doc["video"]]  # noqa: E731
+    requests = [_Request(f"Q{i}?", {"max_new_tokens": 3}, visual, i, "t", "test") for i in range(3)]
+    with pytest.raises(FileNotFoundError) as error:
+        backend.generate_until(requests)
+    message = str(error.value)
+    assert "2 of 3 videos cannot be read, nothing was generated" in message
+    assert f"{missing} (t doc 1): no such file" in message and f"{broken} (t doc 2): " in message
+    assert calls == []

@@ -12,14 +12,8 @@ from videorope_train.eval import model as M
 from videorope_train.eval import results as R
 from videorope_train.eval import spliced as S
 from videorope_train.eval import vniah as V
-from videorope_train.eval.data import (
-    haystack_frames,
-    load_image,
-    load_needles,
-    read_frames,
-    resize_rgb,
-    sample_times,
-)
+from videorope_train.eval.data import load_image, load_needles, resize_rgb
+from videorope_train.eval.video import haystack_frames, read_frames, sample_times
 from videorope_train.rope import RopeConfig, frequency_axes, get_rope_index, rotary_cos_sin, scaled_inv_freq
 from videorope_train.video import VideoInfo
 

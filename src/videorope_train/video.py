@@ -8,7 +8,7 @@ temporal patch, hence the 2: a video then holds at most total_pixels / (28·28) 
 authors' total_pixels = 6,272,000.  The frame count itself comes from LLaMA-Factory's sampling (``video_fps``,
 ``video_maxlen``: min(128, 2 fps · duration), rounded up to even).
 
-``probe_video`` reads a file's frame count, duration and rate with PyAV.
+``probe_video`` reads a file's frame count, duration, rate and frame size with PyAV.
 """
 
 from __future__ import annotations
@@ -51,33 +51,41 @@ class VideoInfo:
     frames: int  # frame count (exact when the container says so, else duration × rate)
     duration: float  # seconds
     fps: float
+    height: int = 0  # pixels of a decoded frame (0: not recorded)
+    width: int = 0
 
 
 def probe_video(path: Union[str, Path]) -> VideoInfo:
-    """Frame count, duration and rate of the first video stream of ``path``.
-
-    The duration is the video stream's own (what frames are sampled from); the container's, which an audio track
-    may lengthen, only when the stream has none; frames / rate when neither is recorded.  ValueError when the file
-    has no video stream; PyAV's errors when it cannot be opened.
-    """
+    """Frame count, duration, rate and frame size of the first video stream of ``path`` (see ``video_info``)."""
     import av
 
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        frames = int(stream.frames or 0)
-        if frames <= 0:
-            if duration is None:
-                frames = sum(1 for _ in container.decode(stream))
-            else:
-                frames = max(1, round(duration * fps))
-        if duration is None or duration <= 0:
-            duration = frames / fps
-    return VideoInfo(frames, duration, fps)
+        return video_info(container, path)
+
+
+def video_info(container, path: Union[str, Path] = "the video") -> VideoInfo:
+    """``VideoInfo`` of an open PyAV container (a caller that decodes next keeps it open: one open per video).
+
+    The duration is the video stream's own (what frames are sampled from); the container's, which an audio track
+    may lengthen, only when the stream has none; frames / rate when neither is recorded.  ValueError when there is
+    no video stream.
+    """
+    if not container.streams.video:
+        raise ValueError(f"{path} has no video stream")
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000  # av.time_base: microseconds
+    frames = int(stream.frames or 0)
+    if frames <= 0:
+        if duration is None:
+            frames = sum(1 for _ in container.decode(stream))
+            container.seek(0)
+        else:
+            frames = max(1, round(duration * fps))
+    if duration is None or duration <= 0:
+        duration = frames / fps
+    return VideoInfo(frames, duration, fps, int(stream.codec_context.height or 0), int(stream.codec_context.width or 0))

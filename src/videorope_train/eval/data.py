@@ -1,4 +1,4 @@
-"""V-NIAH inputs: needle sets in the published layouts, and haystack frames sampled from a video with PyAV.
+"""V-NIAH inputs: needle sets in the published layouts (haystack frames come from ``eval/video.py``).
 
 Needle sets (``load_needles``) — one needle is an image, a question and its answer, plus (V-NIAH-D) a
 distractor image.  Accepted layouts:
@@ -28,7 +28,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..video import VideoInfo, probe_video
 
 ImageSource = Union[str, bytes]  # a file path or the encoded image itself
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -201,85 +200,3 @@ def load_needles(spec: Union[str, Path], distractors: Union[str, Path, None] = N
     if not needles:
         raise ValueError(f"{spec}: no needles")
     return _attach_distractors(needles, distractors) if distractors is not None else needles
-
-
-# --------------------------------------------------------------------------------------------------- haystack
-
-
-def sample_times(info: VideoInfo, count: int, fps: Optional[float] = None) -> Tuple[List[float], bool]:
-    """Timestamps (s) of ``count`` haystack frames, and whether the video had to be looped.
-
-    ``fps=None``: spread evenly over the whole video (frame k at (k + ½)·D/count); when the video has fewer
-    frames than ``count``, every frame is used in turn and the video loops.  ``fps=f``: frame k at k/f from
-    the start (LongVA / VideoRoPE sample 1 fps), looping past the end.
-    """
-    if count < 1:
-        raise ValueError(f"need at least one haystack frame, got {count}")
-    duration = info.duration
-    if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"--haystack-fps must be > 0, got {fps}")
-        times = [k / fps for k in range(count)]
-        looped = times[-1] >= duration
-        return [t % duration for t in times], looped
-    if count <= info.frames:
-        return [(k + 0.5) * duration / count for k in range(count)], False
-    return [((k % info.frames) + 0.5) * duration / info.frames for k in range(count)], True
-
-
-def read_frames(path: Union[str, Path], times: Sequence[float], size: Tuple[int, int]) -> np.ndarray:
-    """uint8 [len(times), H, W, 3]: the frame on screen at each time, resized to ``size`` = (H, W).
-
-    One decoding pass; each decoded frame that is used is resized once.
-    """
-    import av
-
-    class _Lazy:  # a decoded frame, resized on first use only (most frames of a long video are skipped)
-        def __init__(self, frame):
-            self.frame, self.array = frame, None
-
-        def get(self):
-            if self.array is None:
-                self.array = resize_rgb(self.frame.to_image(), size)
-                self.frame = None
-            return self.array
-
-    order = sorted(range(len(times)), key=lambda k: times[k])
-    out = np.empty((len(times), size[0], size[1], 3), dtype=np.uint8)
-    pointer, previous = 0, None
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = float(stream.average_rate or 25)
-        for index, frame in enumerate(container.decode(stream)):
-            time = frame.time if frame.time is not None else index / rate
-            current = _Lazy(frame)
-            while pointer < len(order) and times[order[pointer]] < time:
-                # the frame on screen at that time is the previous one (the first frame for times before it)
-                out[order[pointer]] = (previous or current).get()
-                pointer += 1
-            if pointer >= len(order):
-                break
-            previous = current
-    if previous is None and pointer < len(order):
-        raise ValueError(f"{path}: no frame could be decoded")
-    while pointer < len(order):
-        out[order[pointer]] = previous.get()
-        pointer += 1
-    return out
-
-
-def haystack_frames(
-    path: Union[str, Path], count: int, size: Tuple[int, int], fps: Optional[float] = None
-) -> np.ndarray:
-    """``count`` frames of the haystack video, resized to ``size``; warns when the video loops."""
-    info = probe_video(path)
-    times, looped = sample_times(info, count, fps)
-    if looped:
-        have = info.frames if fps is None else max(1, math.floor(info.duration * fps))
-        warnings.warn(
-            f"haystack {path} yields {have} distinct frames ({info.duration:.1f} s at "
-            f"{'its own rate' if fps is None else f'{fps} fps'}) but {count} are needed: the video is looped",
-            stacklevel=2,
-        )
-    return read_frames(path, times, size)

@@ -4,89 +4,20 @@ Registered through the entry point ``lmms_eval.models`` -> ``videorope`` (pyproj
 through its own remote code (``load_model``), so its RoPE variant, δ and extrapolation (YaRN-V, ...) are the ones
 used; lmms-eval's own ``qwen2_vl`` model would load it with the stock class and random weights (README).
 
-Video input follows the authors' evaluation (their ``eval/model_*_qwen2_vl.py``): frames at 2 fps (at most 768,
-an even count, at least 4), a per-video pixel budget ``total_pixels = (context − 512) · 28 · 28`` shared by the
-frames, each frame between 144 and 768 tokens' worth of pixels (qwen_vl_utils' rule: the floor, with 5% slack,
-wins over the budget on long videos), greedy decoding. ``context=8k|16k|32k|64k`` picks
-the papers' four settings (8192, 16384, 32768, 64000 tokens); ``frames``, ``fps``, ``total_pixels``,
-``min_frame_pixels`` and ``max_frame_pixels`` override single values.
+Video input follows the authors' evaluation (``eval/video.py``: 2 fps, the per-video pixel budget of the context,
+the frame floor and cap), greedy decoding. ``context=8k|16k|32k|64k`` picks the papers' four settings (8192, 16384,
+32768, 64000 tokens), or give a number of tokens; ``frames``, ``fps``, ``total_pixels``, ``min_frame_pixels`` and
+``max_frame_pixels`` override single values.  Bad arguments and a missing checkpoint fail before the model loads;
+a missing or undecodable video fails before anything is generated, named with every other one.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
 
 import torch
 
-from ..video import TOKEN_PIXELS, VideoBudget, probe_video
-from .data import read_frames, sample_times
-
-CONTEXTS = {"8k": 8192, "16k": 16384, "32k": 32768, "64k": 64000}  # the papers' evaluation contexts
-TEXT_RESERVE = 512  # tokens the authors keep for text: total_pixels = (context - 512) * 28 * 28
-FPS, MIN_FRAMES, MAX_FRAMES = 2.0, 4, 768  # qwen_vl_utils' defaults, which the authors' scripts use
-MIN_FRAME_TOKENS, MAX_FRAME_TOKENS = 144, 768
-
-
-def video_budget(context: int | str, total_pixels: Optional[int] = None, min_frame_pixels: Optional[int] = None,
-                 max_frame_pixels: Optional[int] = None) -> VideoBudget:
-    """The authors' per-video budget for an evaluation context (tokens, or 8k/16k/32k/64k)."""
-    tokens = CONTEXTS.get(str(context)) or int(context)
-    if tokens <= TEXT_RESERVE:
-        raise ValueError(f"context {context} leaves no room for video (the text keeps {TEXT_RESERVE} tokens)")
-    return VideoBudget(total_pixels=int(total_pixels or (tokens - TEXT_RESERVE) * TOKEN_PIXELS),
-                       max_frame_pixels=int(max_frame_pixels or MAX_FRAME_TOKENS * TOKEN_PIXELS),
-                       min_frame_pixels=int(min_frame_pixels or MIN_FRAME_TOKENS * TOKEN_PIXELS))
-
-
-def frame_count(duration: float, available: int, fps: float = FPS, frames: Optional[int] = None) -> int:
-    """Frames to sample: ``frames`` if given, else ``fps`` · duration within [4, min(768, frames in the video)],
-    rounded to an even count (two frames make one temporal patch)."""
-    if frames is None:
-        frames = round(duration * fps)
-        frames = max(MIN_FRAMES, min(frames, MAX_FRAMES, max(available, MIN_FRAMES)))
-    frames = max(2, int(frames))
-    return frames + frames % 2
-
-
-def frame_size(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = 28) -> Tuple[int, int]:
-    """(H, W) multiples of ``factor`` with the aspect ratio kept and the area within [min_pixels, max_pixels]
-    (Qwen2-VL's smart resize)."""
-    if min(height, width) <= 0:
-        raise ValueError(f"frame size {height}x{width} is empty")
-    new_h, new_w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if new_h * new_w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        new_h = max(factor, math.floor(height / beta / factor) * factor)
-        new_w = max(factor, math.floor(width / beta / factor) * factor)
-    elif new_h * new_w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        new_h, new_w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return new_h, new_w
-
-
-def frame_pixel_limit(budget: VideoBudget, frames: int) -> float:
-    """Most pixels a frame of a ``frames``-frame video may keep, by qwen_vl_utils' rule (what the authors' evaluation
-    runs): the frame's share of the budget (two frames per temporal patch), at most ``max_frame_pixels``, and never
-    below 1.05 x ``min_frame_pixels`` — so on long videos the per-frame floor wins over the context's budget."""
-    share = budget.total_pixels / frames * 2
-    return max(min(budget.max_frame_pixels, share), int(budget.min_frame_pixels * 1.05))
-
-
-def video_frames(path: str, budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None) -> torch.Tensor:
-    """uint8 [T, 3, H, W] frames of ``path`` as the authors' evaluation feeds them."""
-    import av
-
-    info = probe_video(path)
-    count = frame_count(info.duration, info.frames, fps, frames)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        height, width = stream.codec_context.height, stream.codec_context.width
-    size = frame_size(height, width, budget.min_frame_pixels, frame_pixel_limit(budget, count))
-    times, _ = sample_times(info, count)
-    return torch.from_numpy(read_frames(path, times, size)).permute(0, 3, 1, 2).contiguous()
+from .video import FPS, VideoReader, unreadable_videos, video_budget
 
 
 def _lmms_base():
@@ -112,62 +43,38 @@ class VideoRope(_lmms_base()):
                              "attn_implementation, system_prompt, max_new_tokens")
         if int(batch_size) != 1:
             raise ValueError("videorope: batch_size must be 1 (long videos; one sample fills the context)")
+        budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)  # bad values: before loading
         from .model import LoadedModel, load_model
 
         # an already loaded model serves several presets (scripts/bench_eval.py); lmms-eval passes a directory
         self.loaded = pretrained if isinstance(pretrained, LoadedModel) else load_model(
             pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
-        self.budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)
-        self.frames, self.fps = (int(frames) if frames else None), float(fps)
+        self.videos = VideoReader(budget, fps, int(frames) if frames else None)
         self.system_prompt, self.max_new_tokens = system_prompt, int(max_new_tokens)
-        self.last_video = None  # (key, frames) of the last video read
-        self.pending = {}  # key -> Future of a video being read ahead
-        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videorope-video")
-
-    def _video_key(self, path: str) -> tuple:
-        stat = os.stat(path)
-        return os.path.realpath(path), stat.st_size, stat.st_mtime_ns, self.budget, self.fps, self.frames
-
-    def video(self, path: str) -> torch.Tensor:
-        """uint8 [T, 3, H, W] frames of ``path`` at this backend's settings. The last video's frames are kept:
-        lmms-eval hands a task's questions over in document order, and benchmarks ask several in a row about one
-        video (Video-MME: three), which would otherwise decode the whole file again each time. A video read ahead
-        (``read_ahead``) is taken from there."""
-        key = self._video_key(path)
-        if self.last_video is None or self.last_video[0] != key:
-            self.last_video = None  # the old frames go before the new ones are read
-            ahead = self.pending.pop(key, None)
-            frames = ahead.result() if ahead else video_frames(path, self.budget, self.fps, self.frames)
-            self.last_video = (key, frames)
-        return self.last_video[1]
-
-    def read_ahead(self, visuals: list) -> None:
-        """Start decoding these videos on a background thread (PyAV decodes outside the GIL), so that the next
-        request's decoding overlaps this request's GPU work. A file that cannot be read is left to the request
-        itself, which then fails with the error it would have without reading ahead."""
-        for path in visuals:
-            if not isinstance(path, str):
-                continue
-            try:
-                key = self._video_key(path)
-            except OSError:
-                continue
-            if key not in self.pending and (self.last_video is None or self.last_video[0] != key):
-                self.pending[key] = self.reader.submit(video_frames, path, self.budget, self.fps, self.frames)
 
     def _reading_ahead(self, requests, visuals_of):
-        """(request, its visuals) in order; each step first starts reading the next request's videos."""
+        """(request, its visuals) in order, after checking every video of ``requests`` can be read (one error naming
+        each file that cannot, before anything is generated); each step first starts reading the next request's
+        videos."""
         requests = list(requests)
-        upcoming = visuals_of(requests[0]) if requests else None
+        visuals = [visuals_of(request) for request in requests]
+        where = {}
+        for request, items in zip(requests, visuals):
+            for item in items:
+                if isinstance(item, str):
+                    where.setdefault(item, f"{request.args[-2]} doc {request.args[-3]}")
+        problems = unreadable_videos(where)
+        if problems:
+            listed = "; ".join(f"{path} ({where[path]}): {why}" for path, why in problems.items())
+            raise FileNotFoundError(f"videorope: {len(problems)} of {len(where)} videos cannot be read, nothing was "
+                                    f"generated: {listed}")
         try:
             for index, request in enumerate(requests):
-                visuals = upcoming
-                upcoming = visuals_of(requests[index + 1]) if index + 1 < len(requests) else None
-                if upcoming:
-                    self.read_ahead(upcoming)
-                yield request, visuals
+                if index + 1 < len(requests):
+                    self.videos.read_ahead(visuals[index + 1])
+                yield request, visuals[index]
         finally:
-            self.pending.clear()  # frames read ahead for requests that never came
+            self.videos.drop_pending()
 
     # what lmms-eval reads
     @property
@@ -197,7 +104,7 @@ class VideoRope(_lmms_base()):
         content, videos, images = [], [], []
         for visual in visuals:
             if isinstance(visual, str):  # a video file
-                videos.append(self.video(visual))
+                videos.append(self.videos(visual))
                 content.append({"type": "video"})
             else:  # a PIL image
                 images.append(visual)

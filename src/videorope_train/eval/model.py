@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -74,6 +75,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # namespace/name, as the Hub spells a repository
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """A checkpoint that is not there fails here, named, before anything loads (transformers would answer a missing
+    directory with "Repo id must be in the form 'repo_name' or 'namespace/repo_name'")."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint {path} has no config.json: expected a prepared model directory "
+                                    f"(videorope-train prepare-model) or a checkpoint-N of a training run")
+        return
+    if path.exists():
+        raise NotADirectoryError(f"checkpoint {path} is a file; expected a model directory")
+    if not HUB_ID.match(str(path)) or str(path).startswith((".", "~")):
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+
+
 def load_model(
     path: str | Path,
     dtype: str = "auto",
@@ -90,6 +109,9 @@ def load_model(
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    check_checkpoint(path)
+    if dtype != "auto" and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype; use auto, bfloat16, float16 or float32")
     device = device or default_device()
     on_gpu = device_map is not None or str(device).startswith("cuda")
     if dtype == "auto":

@@ -130,7 +130,7 @@ def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Opti
 
 def stack_inputs(lm: LoadedModel, record: StackRecord, context: int, depth: float, video_tokens: int = VIDEO_TOKENS):
     """Processor inputs of one (record, context, depth) item, and the filler copies used."""
-    from .lmms import video_frames
+    from .video import video_frames
 
     budget = VideoBudget(total_pixels=video_tokens * TOKEN_PIXELS, max_frame_pixels=768 * TOKEN_PIXELS,
                          min_frame_pixels=min(144, video_tokens) * TOKEN_PIXELS)

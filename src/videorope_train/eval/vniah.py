@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..rope import head_dim_of
-from .data import haystack_frames, load_image, load_needles, needles_fingerprint, resize_rgb
+from .data import load_image, load_needles, needles_fingerprint, resize_rgb
 from .embeddings import cache_key as _key
 from .embeddings import cached as _cached
 from .embeddings import encode_frames, vision_fingerprint
@@ -41,6 +41,7 @@ from .model import LoadedModel, load_model
 from .results import CellGrid
 from .results import model_identity as _model_identity
 from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
+from .video import haystack_frames
 
 NEEDLE = -1  # frame_sequence entries: >= 0 haystack frame index, NEEDLE / DISTRACTOR the inserted images
 DISTRACTOR = -2

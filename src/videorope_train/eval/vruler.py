@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 from ..files import write_json
-from .data import Needle, haystack_frames, load_image, resize_rgb
+from .data import Needle, load_image, resize_rgb
 from .embeddings import cache_key, cached, encode_frames, vision_fingerprint
 from .model import LoadedModel, load_model
 from .results import CellGrid, model_identity
 from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
+from .video import haystack_frames
 from .vniah import VNIAHSettings, depth_grid, distractor_draw, distractor_side, frame_counts, needle_frame_index
 
 SUBTASKS = ("mkmv", "counting", "ordering", "vniah-d")

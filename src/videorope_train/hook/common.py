@@ -103,6 +103,16 @@ class VideoRopeConfigMixin:
     transformers demands ``trust_remote_code=True`` instead.
     """
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # config.json's marker is for stock classes (which must refuse the directory); this class is the one it names,
+        # so loading reads it as the stock type: no "a model of type qwen2_vl_videorope to instantiate a model of
+        # type qwen2_vl" warning on every correct load.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == hooked_model_type(cls.model_type):
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
     def __post_init__(self, **kwargs):
         kwargs.pop("model_type", None)  # config.json's marker; keep reporting the class' stock model_type
         super().__post_init__(**kwargs)
