@@ -7,7 +7,7 @@
 * ``results`` — resumable result files: cells, summaries, heatmaps;
 * ``vniah`` — V-NIAH / V-NIAH-D (grid, needle and distractor placement, ``run_vniah``);
 * ``vruler`` — V-RULER's mkmv, counting, ordering and vniah-d subtasks (``run_vruler``);
-* ``lmms`` — the lmms-eval model ``videorope`` (``lmms_entry`` registers it);
+* ``lmms`` — the lmms-eval model ``videorope`` (``lmms_entry`` registers it); ``contexts`` — its presets (8k ... 64k);
 * ``paper`` — checkpoints' scores next to the papers' (``eval paper``);
 * ``data``, ``synthetic`` — needle sets, haystack sampling, synthetic sets; ``plot``, ``compare`` — heatmaps, sweeps;
 * ``cli`` — ``videorope-train eval ...``, ``make-vniah-data``, ``make-vruler-data``.

@@ -22,9 +22,9 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..video import TOKEN_PIXELS, VideoBudget, probe_video
+from .contexts import CONTEXTS
 from .data import read_frames, sample_times
 
-CONTEXTS = {"8k": 8192, "16k": 16384, "32k": 32768, "64k": 64000}  # the papers' evaluation contexts
 TEXT_RESERVE = 512  # tokens the authors keep for text: total_pixels = (context - 512) * 28 * 28
 FPS, MIN_FRAMES, MAX_FRAMES = 2.0, 4, 768  # qwen_vl_utils' defaults, which the authors' scripts use
 MIN_FRAME_TOKENS, MAX_FRAME_TOKENS = 144, 768
