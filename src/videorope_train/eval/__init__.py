@@ -7,9 +7,11 @@
 * ``results`` — resumable result files: cells, summaries, heatmaps;
 * ``vniah`` — V-NIAH / V-NIAH-D (grid, needle and distractor placement, ``run_vniah``);
 * ``vruler`` — V-RULER's mkmv, counting, ordering and vniah-d subtasks (``run_vruler``);
+* ``video`` — the video path every harness shares: the authors' sampling policy (contexts 8k ... 64k), probing,
+  decoding, read-ahead, haystacks;
 * ``lmms`` — the lmms-eval model ``videorope`` (``lmms_entry`` registers it);
 * ``paper`` — checkpoints' scores next to the papers' (``eval paper``);
-* ``data``, ``synthetic`` — needle sets, haystack sampling, synthetic sets; ``plot``, ``compare`` — heatmaps, sweeps;
+* ``data``, ``synthetic`` — needle sets, synthetic sets; ``plot``, ``compare`` — heatmaps, sweeps;
 * ``cli`` — ``videorope-train eval ...``, ``make-vniah-data``, ``make-vruler-data``.
 
 Importing this package is cheap (no torch); the submodules import what they need.

@@ -30,9 +30,11 @@ def _frames_label(n: int) -> str:
 
 def _title(name: Optional[str], summary: dict) -> str:
     average = summary.get("average")
-    parts = [name or Path(str(summary.get("model", ""))).name or "V-NIAH"]
-    if summary.get("task"):
-        parts.append({"vniah": "V-NIAH", "vniah-d": "V-NIAH-D"}.get(summary["task"], summary["task"]))
+    task = summary.get("task")
+    label = {"vniah": "V-NIAH", "vniah-d": "V-NIAH-D"}.get(task, task)
+    name = name or Path(str(summary.get("model", ""))).name or "V-NIAH"
+    # V-RULER names each subtask's run after the subtask (and the stack "stack"): the name once, as its label
+    parts = [label] if task and name.lower() in (task.lower(), label.lower()) else [name] + ([label] if task else [])
     parts.append("avg n/a" if average is None else f"avg {average:.3f}")
     if not summary.get("complete", True):
         parts.append(f"({summary.get('num_cells', 0)} cells)")
