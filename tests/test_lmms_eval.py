@@ -1,14 +1,16 @@
 """The lmms-eval backend: `python -m lmms_eval --model videorope` (lmms-eval's real CLI) on a hooked tiny model.
 
-A local multiple-choice task in lmms-eval's task format over synthetic mp4s (tests/lmms_task), run through the
-entry point the package registers. Checked: the score file holds the task's metric over every sample; the
-positions the model used (captured where the rotary consumes them) are the checkpoint's own variant's, token by
-token against tests/rope_reference.py; the video went in as the authors' evaluation feeds it (2 fps, even frame
-count, frames a multiple of 28 within the per-frame budget).
+The README's example, run as the README gives it: the task the package ships (`videorope-train make-lmms-example`,
+eval/lmms_tiny_task/, four synthetic mp4s of different aspect ratios) through the entry point the package registers.
+Checked: the score file holds the task's metric over every sample; the positions the model used (captured where the
+rotary consumes them) are the checkpoint's own variant's, token by token against tests/rope_reference.py; the videos
+went in as the authors' evaluation feeds them (2 fps, frames scaled to the per-frame floor keeping the aspect
+ratio; grids worked by hand).
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,87 +23,96 @@ from rope_reference import IMG, VID, reference_positions
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TASK = """task: videorope_synth_mcq
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {docs}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
-doc_to_target: answer
-generation_kwargs:
-  max_new_tokens: 4
-  temperature: 0
-  do_sample: false
-process_results: !function utils.process_results
-metric_list:
-  - metric: accuracy
-    aggregation: !function utils.aggregate
-    higher_is_better: true
-metadata:
-  - version: 0.0
-"""
+
+
+def readme_commands(marker: str) -> str:
+    """The README's bash block that contains ``marker``: what a user types, run as it stands."""
+    blocks = [block for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+              if marker in block]
+    assert len(blocks) == 1, f"{len(blocks)} README blocks contain {marker!r}"
+    return blocks[0]
 
 
 @pytest.mark.slow
-def test_lmms_eval_cli_scores_a_local_task_with_the_checkpoints_positions(hooked_dir, tmp_path):
-    from videorope_train.data.demo import write_video
+def test_the_readme_example_scores_the_shipped_task_with_the_checkpoints_positions(tiny_base, tmp_path):
+    """The README's example (`make-lmms-example`, then lmms-eval's CLI) run verbatim from a directory holding
+    work_dirs/tiny-qwen2vl-videorope as `make demo` prepares it."""
+    from videorope_train.cli import main
+    from videorope_train.eval import lmms_example
 
-    model_dir = hooked_dir("videorope", temporal_stride=2.0)
-    docs = []
-    for index in range(3):
-        video = write_video(tmp_path / "videos" / f"clip_{index}.mp4", frames=6 + 2 * index, width=56 * (index + 1),
-                            height=56, fps=2, seed=index)
-        docs.append({"id": index, "video": str(video), "question": f"Which colour is clip {index}?",
-                     "options": ["red", "green", "blue", "white"], "answer": "ABCD"[index % 4]})
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
-    task_dir = tmp_path / "tasks"
-    task_dir.mkdir()
-    (task_dir / "utils.py").write_text((REPO / "tests" / "lmms_task" / "utils.py").read_text())
-    (task_dir / "videorope_synth_mcq.yaml").write_text(TASK.format(docs=tmp_path / "docs.jsonl"))
+    model_dir = tmp_path / "work_dirs" / "tiny-qwen2vl-videorope"
+    assert main(["prepare-model", "--base", str(tiny_base), "--rope", "videorope", "--temporal-stride", "2",
+                 "--video-budget", "--out", str(model_dir)]) == 0
     record = tmp_path / "positions"
-    env = dict(os.environ, PYTHONPATH=SITE, VIDEOROPE_RECORD_POSITIONS=str(record), VIDEOROPE_RECORD_EVAL="1",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    command = [str(BIN / "python"), "-m", "lmms_eval", "--model", "videorope",
-               "--model_args", f"pretrained={model_dir},context=8k,max_new_tokens=4", "--tasks", "videorope_synth_mcq",
-               "--include_path", str(task_dir), "--batch_size", "1", "--device", "cpu",
-               "--output_path", str(tmp_path / "results"), "--log_samples"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    env = dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ["PATH"]]),  # `python`, `videorope-train`
+               PYTHONPATH=os.pathsep.join(filter(None, [SITE, os.environ.get("PYTHONPATH")])),
+               VIDEOROPE_RECORD_POSITIONS=str(record), VIDEOROPE_RECORD_EVAL="1", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_commands("make-lmms-example")], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
 
-    scores = [json.loads(path.read_text()) for path in (tmp_path / "results").rglob("*_results.json")]
-    assert len(scores) == 1, list((tmp_path / "results").rglob("*"))
-    task = scores[0]["results"]["videorope_synth_mcq"]
-    accuracy = task["accuracy,none"]
-    assert 0.0 <= accuracy <= 100.0 and scores[0]["n-samples"]["videorope_synth_mcq"]["effective"] == 3
-    samples = [json.loads(line) for path in (tmp_path / "results").rglob("*samples_videorope_synth_mcq*.jsonl")
+    example, task = tmp_path / "work_dirs" / "lmms-example", lmms_example.TASK
+    for name in lmms_example.TASK_FILES:  # the task that ran is the one the package ships
+        assert (example / name).read_bytes() == (lmms_example.SHIPPED_TASK_DIR / name).read_bytes(), name
+    scores = [json.loads(path.read_text()) for path in (example / "results").rglob("*_results.json")]
+    assert len(scores) == 1, list((example / "results").rglob("*"))
+    accuracy = scores[0]["results"][task]["accuracy,none"]
+    assert 0.0 <= accuracy <= 100.0 and scores[0]["n-samples"][task]["effective"] == 4
+    samples = [json.loads(line) for path in (example / "results").rglob(f"*samples_{task}*.jsonl")
                for line in path.read_text().splitlines()]
-    assert len(samples) == 3
-    assert accuracy == pytest.approx(100.0 * sum(s["accuracy"]["correct"] for s in samples) / 3)
+    assert len(samples) == 4
+    assert accuracy == pytest.approx(100.0 * sum(s["accuracy"]["correct"] for s in samples) / 4)
 
     config = json.loads((model_dir / "config.json").read_text())
     merge = config["vision_config"]["spatial_merge_size"]
     prefills = [batch for batch in map(torch.load, sorted(record.glob("step-*.pt")))
                 if batch["input_ids"].shape[1] > 1]  # the prompt's forward, not the decoding steps
-    assert len(prefills) == 3
-    videos_seen = set()
+    assert len(prefills) == 4
+    grids = []
     for batch in prefills:
         grid = batch["video_grid_thw"]
         assert grid is not None and grid.shape[0] == 1
         t, h, w = grid[0].tolist()
-        assert (h * 14) % 28 == 0 and (w * 14) % 28 == 0
-        videos_seen.add((t, h, w))
+        grids.append((t, h, w))
         tokens = batch["input_ids"][0].tolist()
         as_reference = {config["video_token_id"]: VID, config["image_token_id"]: IMG}
         rows, _ = reference_positions("videorope", [as_reference.get(x, x) for x in tokens], [(t, h, w)],
                                       stride=2.0, merge=merge)
         assert torch.equal(batch["rotary_position_ids"][:, 0].to(torch.float64), torch.tensor(rows, dtype=torch.float64))
-    # 2 fps over 3, 4 and 5 s: 6, 8 and 10 frames -> 3, 4 and 5 temporal patches. Frames of 56x56, 56x112 and
-    # 56x168 px are below the 144-token floor (112,896 px): scaled up keeping the aspect ratio, sides rounded up to
-    # multiples of 28 -> 336x336, 252x476 and 196x588 px -> grids of 14-px patches 24x24, 18x34 and 14x42.
-    assert sorted(videos_seen) == [(3, 24, 24), (4, 18, 34), (5, 14, 42)], videos_seen
+    # The example's videos (eval/lmms_example.py VIDEOS), H x W px: 4:3 84x112, 12 frames at 4 fps = 3 s -> 6 frames
+    # at 2 fps; 16:9 72x128, 32 at 8 fps = 4 s -> 8; 9:16 128x72, 30 at 6 fps = 5 s -> 10; 5:2 56x140, 12 at 2 fps =
+    # 6 s -> 12: 3, 4, 5 and 6 temporal patches. At 8k a frame may keep min(768 * 784 = 602,112, 2 * 7680 * 784 /
+    # frames >= 1,003,520) = 602,112 px; all four are below the 144-token floor of 112,896 px even rounded to
+    # multiples of 28, so they are scaled up by beta = sqrt(112,896 / (H * W)), keeping the aspect ratio, each side
+    # rounded up to a multiple of 28:
+    #   84x112: beta = sqrt(12) = 3.4641; 84 * beta = 290.98 -> 308 (11 * 28), 112 * beta = 387.98 -> 392 (14 * 28)
+    #   72x128 and 128x72: beta = sqrt(12.25) = 3.5 -> 252x448 and 448x252 (9 and 16 * 28), exactly
+    #   56x140: beta = sqrt(14.4) = 3.7947; 56 * beta = 212.50 -> 224 (8 * 28), 140 * beta = 531.26 -> 532 (19 * 28)
+    # -> grids of 14-px patches (H / 14, W / 14): 22x28, 18x32, 32x18 and 16x38.
+    assert sorted(grids) == [(3, 22, 28), (4, 18, 32), (5, 32, 18), (6, 16, 38)], grids
+
+
+def test_the_example_task_finds_its_files_wherever_its_directory_is(tmp_path):
+    """`make-lmms-example`'s directory, moved after writing, loaded by lmms-eval's own YAML loader: the documents
+    resolve next to the YAML, the functions are the copied utils.py's, its doc_to_visual finds each video (of the
+    length written: frames / fps), and each answer letter names the video's aspect ratio."""
+    from lmms_eval.utils import load_yaml_config
+
+    from videorope_train.cli import main
+    from videorope_train.eval.lmms_example import TASK, VIDEOS
+    from videorope_train.video import probe_video
+
+    assert main(["make-lmms-example", str(tmp_path / "written")]) == 0
+    example = (tmp_path / "written").rename(tmp_path / "moved")
+    config = load_yaml_config(str(example / f"{TASK}.yaml"))
+    docs_file = Path(config["dataset_kwargs"]["data_files"]["test"])
+    assert docs_file == example / "docs.jsonl"
+    docs = [json.loads(line) for line in docs_file.read_text().splitlines()]
+    assert len(docs) == len(VIDEOS) == 4
+    for doc, (ratio, _, _, fps, frames) in zip(docs, VIDEOS):
+        (video,) = config["doc_to_visual"](doc)
+        assert Path(video).parent == example / "videos" and probe_video(video).duration == frames / fps
+        assert doc["options"]["ABCD".index(doc["answer"])] == ratio
 
 
 def test_bad_arguments_are_named_before_the_model_loads(tmp_path, monkeypatch):

@@ -1,9 +1,11 @@
 """Packaging states the support window: pyproject.toml's ranges, the import gate and the tested pins agree."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,20 @@ def test_the_installed_environment_is_consistent():
     we pin, is broken."""
     result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_wheel_carries_the_example_lmms_task(tmp_path):
+    """`make-lmms-example` copies its task's YAML and utils.py out of the installed package; a YAML is in a wheel
+    only where pyproject.toml declares it package data."""
+    from videorope_train.eval.lmms_example import TASK_FILES
+
+    tree = tmp_path / "tree"  # a clean copy: a build in the checkout would reuse the file list of its egg-info
+    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path / "dist"), str(tree)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    shipped = {f"videorope_train/eval/lmms_tiny_task/{name}" for name in TASK_FILES}
+    assert shipped <= set(zipfile.ZipFile(wheel).namelist())

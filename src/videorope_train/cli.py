@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     llava.add_argument("--restart", action="store_true", help="discard a previous run's output and state")
     llava.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    from .eval.cli import add_commands as add_eval_commands  # eval ..., make-vniah-data, make-vruler-data
+    from .eval.cli import add_commands as add_eval_commands  # eval ..., make-{vniah,vruler}-data, make-lmms-example
 
     add_eval_commands(commands)
     return parser
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("eval", "make-vniah-data", "make-vruler-data"):
+        if args.command in ("eval", "make-vniah-data", "make-vruler-data", "make-lmms-example"):
             from .eval.cli import run_command
 
             return run_command(args)

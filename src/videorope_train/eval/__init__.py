@@ -9,10 +9,11 @@
 * ``vruler`` — V-RULER's mkmv, counting, ordering and vniah-d subtasks (``run_vruler``);
 * ``video`` — the video path every harness shares: the authors' sampling policy (contexts 8k ... 64k), probing,
   decoding, read-ahead, haystacks;
-* ``lmms`` — the lmms-eval model ``videorope`` (``lmms_entry`` registers it);
+* ``lmms`` — the lmms-eval model ``videorope`` (``lmms_entry`` registers it); ``lmms_example`` — a tiny task to try
+  it on (``lmms_tiny_task/``, copied out by ``make-lmms-example``);
 * ``paper`` — checkpoints' scores next to the papers' (``eval paper``);
 * ``data``, ``synthetic`` — needle sets, synthetic sets; ``plot``, ``compare`` — heatmaps, sweeps;
-* ``cli`` — ``videorope-train eval ...``, ``make-vniah-data``, ``make-vruler-data``.
+* ``cli`` — ``videorope-train eval ...``, ``make-vniah-data``, ``make-vruler-data``, ``make-lmms-example``.
 
 Importing this package is cheap (no torch); the submodules import what they need.
 """

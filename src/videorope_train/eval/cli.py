@@ -1,4 +1,5 @@
-"""``videorope-train eval {vniah,sweep,compare}`` and ``videorope-train make-vniah-data`` (registered by ``cli.py``).
+"""``videorope-train eval {vniah,sweep,compare,vruler,paper}``, ``make-vniah-data``, ``make-vruler-data`` and
+``make-lmms-example`` (registered by ``cli.py``).
 
 Only argparse at import time; torch / transformers load when a command runs.
 """
@@ -57,7 +58,7 @@ def _add_harness_arguments(parser: argparse.ArgumentParser, needles: bool = True
 
 
 def add_commands(commands) -> None:
-    """Add ``eval`` (with vniah / sweep / compare) and ``make-vniah-data`` to a subparsers object."""
+    """Add ``eval`` (vniah / sweep / compare / vruler / paper) and the ``make-*`` commands to a subparsers object."""
     evaluate = commands.add_parser("eval", help="V-NIAH / V-NIAH-D, and benchmark scores next to the paper's")
     sub = evaluate.add_subparsers(dest="eval_command", required=True)
 
@@ -117,6 +118,10 @@ def add_commands(commands) -> None:
     data.add_argument("--fps", type=int, default=8)
     data.add_argument("--needles", type=int, default=3, help="number of needles (1-4)")
 
+    example = commands.add_parser("make-lmms-example",
+                                  help="write a tiny lmms-eval task (4 synthetic videos) to try --model videorope on")
+    example.add_argument("out", help="the task's directory: pass it to lmms-eval as --include_path")
+
 
 def _settings(args):
     from .vniah import VNIAHSettings
@@ -155,6 +160,11 @@ def run_command(args) -> int:
 
         paths = make_vruler_data(args.out, frames=args.frames, size=tuple(args.size))
         print("synthetic V-RULER data: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
+        return 0
+    if args.command == "make-lmms-example":
+        from .lmms_example import TASK, make_lmms_example
+
+        print(f"lmms-eval task {TASK}: {make_lmms_example(args.out)} (--tasks {TASK} --include_path {args.out})")
         return 0
     if args.eval_command == "vruler":
         from .plot import parse_named

@@ -1,8 +1,13 @@
-"""A small multiple-choice video task in lmms-eval's task format (tests/test_lmms_eval.py writes the YAML)."""
+"""The functions of the example task (videorope_tiny_mcq.yaml); `videorope-train make-lmms-example DIR` copies
+this file into DIR, next to the videos and docs.jsonl it writes."""
+
+from pathlib import Path
+
+TASK_DIR = Path(__file__).resolve().parent  # the documents name their videos relative to it: DIR can move
 
 
 def doc_to_visual(doc):
-    return [doc["video"]]
+    return [str(TASK_DIR / doc["video"])]
 
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
