@@ -148,3 +148,14 @@ def test_importing_the_hook_loads_no_training_or_data_code():
     units = {_unit(m) for m in result["ours"]}
     assert units <= {"__init__", "rope", "hook", "video"}, result["ours"]
     assert "videorope_train.hook" in result["ours"]
+
+
+def test_the_harnesses_import_nothing_of_lmms_eval():
+    """V-NIAH, V-RULER (its stack included) and `eval paper` share eval/video.py with the lmms-eval backend, not the
+    backend itself: none of them needs lmms-eval installed."""
+    code = ("import sys\n"
+            "import videorope_train.eval.vniah, videorope_train.eval.vruler, videorope_train.eval.stack\n"
+            "import videorope_train.eval.paper, videorope_train.eval.video\n"
+            "print(sorted(m for m in sys.modules if m.startswith('lmms_eval') or m == 'videorope_train.eval.lmms'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
