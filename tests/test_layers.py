@@ -31,6 +31,7 @@ ALLOWED = {
     "data": {"__init__", "rope", "video", "files", "recipe"},
     "eval": {"__init__", "rope", "video", "files", "data"},
     "launch": {"rope", "graceful_stop", "recipe", "preflight"},
+    "repro": {"__init__", "rope", "video", "files", "hook", "tiny"},
 }
 TOP = "cli"  # the command line may reach everything
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .rope import EXTRAPOLATIONS, VARIANTS, RopeConfig
 
@@ -100,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     llava.add_argument("--restart", action="store_true", help="discard a previous run's output and state")
     llava.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    repro = commands.add_parser("repro", help="the papers' mechanism in miniature on a CPU: the lag probe (README)")
+    repro.add_argument("--out", default="work_dirs/repro", help="runs, models and repro.json / .md / .png")
+    repro.add_argument("--seeds", type=int, default=8, help="paired seeds: each trains every variant once")
+    repro.add_argument("--variants", default="mrope,videorope",
+                       help="comma list among vanilla, tad, mrope, videorope (mrope and videorope are compared)")
+    repro.add_argument("--workers", type=int, default=2, help="runs in parallel, one CPU core each")
+    repro.add_argument("--steps", type=int, default=300, help="training steps per run")
+    repro.add_argument("--overwrite", action="store_true", help="rerun finished seeds (else they are kept)")
+
     from .eval.cli import add_commands as add_eval_commands  # eval ..., make-{vniah,vruler}-data, make-lmms-example
 
     add_eval_commands(commands)
@@ -146,6 +156,15 @@ def main(argv=None) -> int:
             print(format_table(report))
             print(f"report: {args.out}/report.json, histogram: {args.out}/tokens.png")
             return 1 if report["would_crash"] else 0
+        elif args.command == "repro":
+            from .repro import ProbeSettings, run_repro
+
+            result = run_repro(args.out, seeds=args.seeds, variants=args.variants.split(","), workers=args.workers,
+                               settings=ProbeSettings(steps=args.steps), overwrite=args.overwrite)
+            print((Path(args.out) / "repro.md").read_text())
+            verdict = result["verdict"]
+            print(f"verdict: validity {verdict['validity']}, ordering {verdict['ordering']}, mechanism "
+                  f"{verdict['mechanism']}: {verdict['outcome']}")
         elif args.command == "make-demo-data":
             from .data.demo import make_demo_data
 
