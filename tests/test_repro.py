@@ -23,17 +23,20 @@ def test_statistics_against_hand_computed_values():
 
 
 def test_error_lags_worked_by_hand():
-    """lag 2, frames 6, train length 4. Sample 0: marker 0, answer values[2] = 7, predicted 5 (wrong): 5 sits at
-    lags 1 and 4 after the marker. Sample 1: marker 3, answer values[5] = 9, predicted 9 (right)."""
+    """lag 2, train length 4, alias lag 4. Row [1, 5, 7, 3, 5, 0]: the answers at frames 2..5 are values[0..3] =
+    1, 5, 7, 3; predicted 1, 5, 5, 3 -> frame 4 is wrong (5 instead of 7). Looking back from frame 4, 5 is held by
+    frame 1 only (lag 3; frame 0, lag 4, holds 1). Frames 4 and 5 lie beyond the training length (>= 4)."""
     settings = ProbeSettings(lag=2, train_frames=4, test_frames=8, classes=10)
-    values = torch.tensor([[1, 5, 7, 3, 5, 0], [0, 0, 0, 2, 4, 9]])
-    marker, target, predicted = torch.tensor([0, 3]), torch.tensor([7, 9]), torch.tensor([5, 9])
-    result = score(values, marker, target, predicted, settings)
-    assert result["accuracy"] == 0.5 and result["errors"] == 1
-    assert result["error_lags"] == {"1": 1, "4": 1}
-    assert result["alias_share"] == 1.0  # the alias, lag 2 * 2 = 4, holds the one error
-    assert result["beyond_train"] == 1.0 and result["samples_beyond_train"] == 1  # only sample 1's answer is at >= 4
-    assert result["by_position"] == {"0": 0.5}  # both answers (frames 2 and 5) in the first 16-frame bin
+    values = torch.tensor([[1, 5, 7, 3, 5, 0]])
+    predicted = torch.tensor([[9, 9, 1, 5, 5, 3]])  # frames 0 and 1 have no answer: ignored
+    result = score(values, predicted, settings)
+    assert result["answers"] == 4 and result["accuracy"] == 0.75 and result["errors"] == 1
+    assert result["error_lags"] == {"3": 1}
+    assert result["errors_where_alias_exists"] == 1 and result["alias_share"] == 0.0  # lag 4 (frame 0) holds 1
+    assert result["beyond_train"] == 0.5 and result["answers_beyond_train"] == 2  # frames 4 (wrong) and 5 (right)
+    assert result["by_position"] == {"0": 0.75}  # every answering frame in the first 16-frame bin
+    predicted[0, 4] = 1  # now the wrong answer names frame 0, 4 frames back: the alias
+    assert score(values, predicted, settings)["alias_share"] == 1.0
 
 
 def _record(train, beyond, errors=10, lags=None, share=None):
@@ -85,8 +88,7 @@ def test_a_tiny_run_pairs_seeds_is_deterministic_and_resumes(tmp_path, monkeypat
         assert len(bases) == 1
     # ... and see the same data: a seed's generator gives the same batches
     first = repro.make_batch(torch.Generator().manual_seed(0), 4, 12, TINY)
-    again = repro.make_batch(torch.Generator().manual_seed(0), 4, 12, TINY)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert torch.equal(first, repro.make_batch(torch.Generator().manual_seed(0), 4, 12, TINY))
     # the arms differ in their positions only: VideoRoPE's δ = 2 spreads the video, M-RoPE's does not
     configs = {arm: json.loads((out / "models" / "seed-0" / arm / "config.json").read_text())["videorope"]
                for arm in ("mrope", "videorope")}
