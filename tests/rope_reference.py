@@ -10,7 +10,9 @@ VS, VE, IMG, VID = 151652, 151653, 151655, 151656
 def reference_positions(variant, tokens, grids, stride=2.0, merge=2, paper_after=False, paper_center=False):
     """tokens: valid token ids of one sample; grids: list of (T, H0, W0) in block order.
 
-    Returns (rows t, h, w as lists, next position)."""
+    Returns (rows t, h, w as lists, next position).  MRoPE-I ("mrope-interleaved") places tokens as M-RoPE does."""
+    if variant == "mrope-interleaved":
+        variant = "mrope"
     t_row, h_row, w_row = [], [], []
     text_pos = 0.0  # position of the next text token (TAD: its time index)
     grid_iter = iter(grids)

@@ -17,7 +17,7 @@ INFER_RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p not in 
 # What a CPU cannot run, replaced for parsing and for the twins (everything else is the recipe's own).
 CPU_OVERRIDES = {"bf16": False, "flash_attn": "sdpa"}
 VARIANT_RECIPES = {"mrope": "qwen2vl7b_mrope_full_sft.yaml", "vanilla": "qwen2vl7b_vanilla_full_sft.yaml",
-                   "tad": "qwen2vl7b_tad_full_sft.yaml"}
+                   "tad": "qwen2vl7b_tad_full_sft.yaml", "mrope-interleaved": "qwen2vl7b_mrope_interleaved_full_sft.yaml"}
 
 
 def load(path):

@@ -42,6 +42,17 @@ def test_axes_mrope_qwen2vl():
     assert frequency_axes(RopeConfig("mrope"), (16, 24, 24)).tolist() == [0] * 16 + [1] * 24 + [2] * 24
 
 
+def test_axes_mrope_interleaved():
+    """MRoPE-I, worked by hand from Qwen3-VL's rule: on its section (24, 20, 20) frequencies cycle t, h, w from n = 0
+    until the h and w budgets (20 each, n < 60) run out; n = 60..63 are t. On Qwen2-VL's (16, 24, 24) the same rule
+    stops at the 64th frequency: h at n = 1, 4, ..., 61 (21), w at 2, 5, ..., 62 (21), t at the other 22."""
+    axes = frequency_axes(RopeConfig("mrope-interleaved"), (24, 20, 20)).tolist()
+    assert axes == [0, 1, 2] * 20 + [0] * 4
+    axes = frequency_axes(RopeConfig("mrope-interleaved"), (16, 24, 24)).tolist()
+    assert axes == [0, 1, 2] * 21 + [0]
+    assert frequency_axes(RopeConfig("mrope-interleaved"), (4, 6, 6)).tolist() == [0, 1, 2] * 5 + [0]
+
+
 def test_axes_other_sections():
     assert frequency_axes(RopeConfig("mrope"), (8, 12, 12)).tolist() == [0] * 8 + [1] * 12 + [2] * 12
     assert frequency_axes(RopeConfig("videorope"), (8, 12, 12)).tolist() == [1, 2] * 12 + [0] * 8
@@ -142,6 +153,8 @@ def spec_axis(variant, n, section):
     n_t, n_h, n_w = section
     if variant == "mrope":
         return 0 if n < n_t else 1 if n < n_t + n_h else 2
+    if variant == "mrope-interleaved":  # Qwen3-VL: h on n = 1, 4, 7, ... below 3·n_h, w on 2, 5, ... below 3·n_w
+        return 1 if n % 3 == 1 and n < 3 * n_h else 2 if n % 3 == 2 and n < 3 * n_w else 0
     if n >= n_h + n_w:  # LTA: the last n_t (lowest) frequencies carry time
         return 0
     pairs = min(n_h, n_w)  # the rest alternate h, w from the start; a longer axis keeps the remainder
@@ -154,8 +167,8 @@ def spec_axis(variant, n, section):
 @given(
     st.integers(1, 3),
     st.integers(1, 40),
-    st.sampled_from([(16, 24, 24), (8, 12, 12), (4, 6, 6), (2, 3, 5)]),
-    st.sampled_from(["videorope", "mrope"]),
+    st.sampled_from([(16, 24, 24), (24, 20, 20), (8, 12, 12), (4, 6, 6), (2, 3, 5)]),
+    st.sampled_from(["videorope", "mrope", "mrope-interleaved"]),
     st.sampled_from([torch.long, torch.float32]),
 )
 def test_gather_matches_a_per_channel_float64_reference(batch, length, section, variant, pos_dtype):
@@ -189,6 +202,27 @@ def test_mrope_gather_equals_section_split():
     stock_cos = torch.cat([chunk[i % 3] for i, chunk in enumerate(chunks)], dim=-1)
     cos, _ = rotary_cos_sin(positions, inv_freq, frequency_axes(RopeConfig("mrope"), section))
     torch.testing.assert_close(cos, stock_cos, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("section", [(24, 20, 20), (16, 24, 24)])
+def test_mrope_interleaved_gather_equals_qwen3_vl(section):
+    """MRoPE-I's cos/sin equal transformers' own Qwen3-VL text rotary module (its apply_interleaved_mrope) for the
+    same 3-row positions, bit for bit: the same float32 inverse frequencies and products."""
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
+
+    head_dim = 2 * sum(section)
+    config = Qwen3VLTextConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
+                               rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                "mrope_section": list(section), "mrope_interleaved": True})
+    stock = Qwen3VLTextRotaryEmbedding(config)
+    positions = torch.randint(0, 9000, (3, 2, 17))
+    stock_cos, stock_sin = stock(torch.zeros(1, dtype=torch.float32), positions)
+    cfg = RopeConfig("mrope-interleaved")
+    inv_freq = scaled_inv_freq(cfg, head_dim=head_dim, rope_theta=5e6, mrope_section=section)
+    cos, sin = rotary_cos_sin(positions, inv_freq, frequency_axes(cfg, section))
+    torch.testing.assert_close(cos, stock_cos, rtol=0, atol=0)
+    torch.testing.assert_close(sin, stock_sin, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -259,7 +259,8 @@ def _grid(rows_):
 
 
 @settings(max_examples=150, deadline=None)
-@given(layouts(), st.sampled_from(["vanilla", "tad", "mrope", "videorope"]), st.booleans(), st.booleans())
+@given(layouts(), st.sampled_from(["vanilla", "tad", "mrope", "mrope-interleaved", "videorope"]), st.booleans(),
+       st.booleans())
 def test_matches_per_token_reference(layout, variant, paper_after, paper_center):
     samples, input_ids, mask, image_rows, video_rows, stride = layout
     cfg = RopeConfig(

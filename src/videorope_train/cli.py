@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", default="work_dirs/repro", help="runs, models and repro.json / .md / .png")
     repro.add_argument("--seeds", type=int, default=8, help="paired seeds: each trains every variant once")
     repro.add_argument("--variants", default="mrope,videorope",
-                       help="comma list among vanilla, tad, mrope, videorope (mrope and videorope are compared)")
+                       help="comma list among vanilla, tad, mrope, mrope-interleaved, videorope (mrope and videorope are compared)")
     repro.add_argument("--workers", type=int, default=2, help="runs in parallel, one CPU core each")
     repro.add_argument("--steps", type=int, default=300, help="training steps per run")
     repro.add_argument("--overwrite", action="store_true", help="rerun finished seeds (else they are kept)")

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .files import write_json, write_text
 
-ARMS = ("vanilla", "tad", "mrope", "videorope")  # RoPE variants the probe can train
+ARMS = ("vanilla", "tad", "mrope", "mrope-interleaved", "videorope")  # RoPE variants the probe can train
 BASELINE, CANDIDATE = "mrope", "videorope"  # the pair the criteria compare
 VALIDITY_FLOOR = 0.99
 WINS_FRACTION = 7 / 8

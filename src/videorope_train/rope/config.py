@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Union
 
 CONFIG_KEY = "videorope"  # the key of the RoPE block in a hooked model's config.json
 
-VARIANTS = ("vanilla", "tad", "mrope", "videorope")
+VARIANTS = ("vanilla", "tad", "mrope", "mrope-interleaved", "videorope")
 EXTRAPOLATIONS = ("ntk", "yarn", "dynamic", "mrope++", "yarn-v")
 # Where the authors' code and the paper differ, "code" is what the released checkpoints learned.
 FORMS = ("code", "paper")
@@ -29,7 +29,8 @@ class RopeConfig:
 
     Attributes:
         variant: ``"vanilla"`` (1-D RoPE), ``"tad"`` (TAD-RoPE as the authors implemented it),
-            ``"mrope"`` (Qwen2-VL M-RoPE) or ``"videorope"`` (LTA + diagonal layout + ATS).
+            ``"mrope"`` (Qwen2-VL M-RoPE), ``"mrope-interleaved"`` (MRoPE-I: M-RoPE's positions with Qwen3-VL's
+            interleaved frequency allocation) or ``"videorope"`` (LTA + diagonal layout + ATS).
         temporal_stride: ATS δ, the position step between temporal patches (``videorope`` only).
         extrapolation: ``None`` or one of ``ntk``, ``yarn``, ``dynamic``, ``mrope++``, ``yarn-v``.
         extrapolation_factor: the scale factor s (1.0 = no scaling).
@@ -67,10 +68,11 @@ class RopeConfig:
         for name in ("text_after_block", "centering"):
             if getattr(self, name) not in FORMS:
                 raise ValueError(f"RopeConfig.{name}={getattr(self, name)!r}; expected one of {FORMS}")
-        if self.extrapolation in ("mrope++", "yarn-v") and self.variant not in ("mrope", "videorope"):
+        if self.extrapolation in ("mrope++", "yarn-v") and self.variant not in ("mrope", "mrope-interleaved",
+                                                                                  "videorope"):
             raise ValueError(
                 f"extrapolation {self.extrapolation!r} scales the t/h/w axes separately and needs variant "
-                f"'mrope' or 'videorope', not {self.variant!r}"
+                f"'mrope', 'mrope-interleaved' or 'videorope', not {self.variant!r}"
             )
 
     @property
@@ -79,6 +81,12 @@ class RopeConfig:
         if self.variant != "videorope":
             return True
         return float(self.temporal_stride).is_integer() and self.centering == "code"
+
+    @property
+    def layout(self) -> str:
+        """The position layout: the variant's own, except MRoPE-I, which places tokens as M-RoPE does (it differs in
+        which frequencies carry which axis only)."""
+        return "mrope" if self.variant == "mrope-interleaved" else self.variant
 
     @property
     def text_position_step(self) -> int:

@@ -36,11 +36,21 @@ def frequency_axes(cfg: RopeConfig, mrope_section: Sequence[int] = (16, 24, 24))
 
     - ``mrope`` (and ``vanilla``/``tad``, whose three rows are identical so any allocation is 1-D RoPE):
       ``mrope_section`` in order — t takes the highest frequencies.
+    - ``mrope-interleaved`` (MRoPE-I, Qwen3-VL's ``apply_interleaved_mrope``): frequency n carries h when
+      n ≡ 1 (mod 3) and n < 3·b, w when n ≡ 2 (mod 3) and n < 3·c, t otherwise — so every axis spans the whole
+      spectrum.  On Qwen3-VL's section (24, 20, 20) that is 24 / 20 / 20 frequencies; on Qwen2-VL's (16, 24, 24)
+      the rule (as Qwen3-VL states it) gives 22 / 21 / 21, since 3·24 exceeds the 64 frequencies.
     - ``videorope`` (LTA): the last ``a`` frequencies (the lowest) carry t; the first ``b + c`` alternate
       h, w starting with h.  If b != c the alternation runs while both axes have frequencies left and the
       rest go to the larger one.
     """
     n_t, n_h, n_w = _check_section(mrope_section)
+    if cfg.variant == "mrope-interleaved":
+        n = torch.arange(n_t + n_h + n_w)
+        axes = torch.full_like(n, AXIS_T)
+        axes[(n % 3 == 1) & (n < 3 * n_h)] = AXIS_H
+        axes[(n % 3 == 2) & (n < 3 * n_w)] = AXIS_W
+        return axes
     if cfg.variant != "videorope":
         return torch.tensor([AXIS_T] * n_t + [AXIS_H] * n_h + [AXIS_W] * n_w, dtype=torch.long)
     pairs = min(n_h, n_w)

@@ -123,7 +123,7 @@ def _block_positions(cfg: RopeConfig, start: float, t: int, h: int, w: int) -> T
         else:
             h_pos, w_pos = t_pos + i - h / 2, t_pos + j - w / 2
         after = start + stride * (t - 1) + 1 if cfg.text_after_block == "code" else start + stride * t
-    elif cfg.variant == "mrope":
+    elif cfg.layout == "mrope":
         t_pos, h_pos, w_pos = start + k, start + i, start + j
         after = start + max(t, h, w)
     else:  # tad: the M-RoPE-style time index (the vanilla index is added by the caller)
