@@ -53,6 +53,7 @@ def test_a_video_is_opened_once_for_probe_size_and_frames(tmp_path, monkeypatch)
 
     from videorope_train.data.demo import write_video
     from videorope_train.eval import video
+    from videorope_train.video import probe_video
 
     path = write_video(tmp_path / "clip.mp4", frames=6, width=84, height=56, fps=2, seed=1)
     budget = video.video_budget("8k")
@@ -61,7 +62,7 @@ def test_a_video_is_opened_once_for_probe_size_and_frames(tmp_path, monkeypatch)
     frames = video.video_frames(str(path), budget)
     assert opens == [str(path)]
     monkeypatch.setattr(av, "open", real_open)
-    info = video.probe_video(path)
+    info = probe_video(path)
     count = video.frame_count(info.duration, info.frames)
     size = video.frame_size(info.height, info.width, budget.min_frame_pixels, video.frame_pixel_limit(budget, count))
     separate = video.read_frames(path, video.sample_times(info, count)[0], size)

@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from .files import write_json, write_text
 
@@ -107,13 +107,12 @@ def model_dir(out: Path, variant: str, seed: int, settings: ProbeSettings) -> Pa
 
 
 class LagProbe:
-    """The hooked model with the probe's frame embedding, marker vector and answer head."""
+    """The hooked model with the probe's frame embedding and answer head."""
 
     def __init__(self, path: Path, settings: ProbeSettings, seed: int):
         import torch
         from transformers import AutoModelForImageTextToText
 
-        self.settings = settings
         loaded = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
         self.model = loaded.model  # the hooked *VLModel: positions, rotary, attention
         config = loaded.config
@@ -147,11 +146,11 @@ class LagProbe:
 
     def logits(self, values):
         """[count, frames, classes]: at every frame, the answer for the frame ``lag`` before it."""
+        import torch
+
         count, frames = values.shape
         input_ids, positions = self.layout(frames)
         text = self.model.get_input_embeddings()(input_ids[0, [0, -1]])  # vision start / end, trained with the model
-        import torch
-
         embeds = torch.cat([text[0].expand(count, 1, -1), self.values(values), text[1].expand(count, 1, -1)], dim=1)
         hidden = self.model(inputs_embeds=embeds, position_ids=positions.expand(-1, count, -1)).last_hidden_state
         return self.head(hidden[:, 1:-1])
@@ -204,7 +203,7 @@ def score(values, predicted, settings: ProbeSettings) -> dict:
     target, guess = values[:, :-lag], predicted[:, lag:]
     correct = guess == target
     beyond = frame >= settings.train_frames
-    by_bin: Dict[int, List[float]] = {}
+    by_bin: Dict[int, float] = {}
     for start in range(lag // POSITION_BIN * POSITION_BIN, frames, POSITION_BIN):
         inside = (frame >= start) & (frame < start + POSITION_BIN)
         if bool(inside.any()):

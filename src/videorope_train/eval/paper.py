@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..files import write_json
+from ..files import write_json, write_text
 from ..rope import RopeConfig
+from .plot import TASK_LABELS as LABELS
 from .video import CONTEXTS, context_tokens
 
 # the paper's headline table (Qwen2-VL-7B, docs/method.md): 8k is in-distribution, 16k-64k extrapolation; each
@@ -39,7 +40,6 @@ TASKS = {
 }
 BENCHMARKS = ("longvideobench", "mlvu", "videomme")
 NEEDLE_TASKS = ("vniah", "vniah-d")  # the summaries the paper reports; V-RULER's and the stack's follow them
-LABELS = {"vniah": "V-NIAH", "vniah-d": "V-NIAH-D"}
 
 
 def _model_args(text: str) -> Dict[str, str]:
@@ -271,6 +271,6 @@ def paper_comparison(runs: Sequence[Tuple[str, str]], out, variants: Optional[Di
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = table(collected)
-    (out / "paper.md").write_text(markdown)
+    write_text(out / "paper.md", markdown)
     write_json(out / "paper.json", dict(collected))
     return plot(collected, out / "paper.png"), markdown

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+TASK_LABELS = {"vniah": "V-NIAH", "vniah-d": "V-NIAH-D"}  # how titles and tables name the tasks
 COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]  # LongVA's V-NIAH colour map: 0 red → 1 green
 
 
@@ -31,7 +32,7 @@ def _frames_label(n: int) -> str:
 def _title(name: Optional[str], summary: dict) -> str:
     average = summary.get("average")
     task = summary.get("task")
-    label = {"vniah": "V-NIAH", "vniah-d": "V-NIAH-D"}.get(task, task)
+    label = TASK_LABELS.get(task, task)
     name = name or Path(str(summary.get("model", ""))).name or "V-NIAH"
     # V-RULER names each subtask's run after the subtask (and the stack "stack"): the name once, as its label
     parts = [label] if task and name.lower() in (task.lower(), label.lower()) else [name] + ([label] if task else [])

@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..video import TOKEN_PIXELS, VideoBudget, VideoInfo, probe_video, video_info
+from ..video import TOKEN_PIXELS, VideoBudget, VideoInfo, video_info
 from .data import resize_rgb
 
 CONTEXTS = {"8k": 8192, "16k": 16384, "32k": 32768, "64k": 64000}  # the papers' evaluation contexts
@@ -233,14 +233,18 @@ def decode_frames(container, times: Sequence[float], size: Tuple[int, int], path
 def haystack_frames(
     path: Union[str, Path], count: int, size: Tuple[int, int], fps: Optional[float] = None
 ) -> np.ndarray:
-    """``count`` frames of the haystack video, resized to ``size``; warns when the video loops."""
-    info = probe_video(path)
-    times, looped = sample_times(info, count, fps)
-    if looped:
-        have = info.frames if fps is None else max(1, math.floor(info.duration * fps))
-        warnings.warn(
-            f"haystack {path} yields {have} distinct frames ({info.duration:.1f} s at "
-            f"{'its own rate' if fps is None else f'{fps} fps'}) but {count} are needed: the video is looped",
-            stacklevel=2,
-        )
-    return read_frames(path, times, size)
+    """``count`` frames of the haystack video, resized to ``size``; warns when the video loops (the file opened
+    once)."""
+    import av
+
+    with av.open(str(path)) as container:
+        info = video_info(container, path)
+        times, looped = sample_times(info, count, fps)
+        if looped:
+            have = info.frames if fps is None else max(1, math.floor(info.duration * fps))
+            warnings.warn(
+                f"haystack {path} yields {have} distinct frames ({info.duration:.1f} s at "
+                f"{'its own rate' if fps is None else f'{fps} fps'}) but {count} are needed: the video is looped",
+                stacklevel=2,
+            )
+        return decode_frames(container, times, size, path)

@@ -68,8 +68,7 @@ class RopeConfig:
         for name in ("text_after_block", "centering"):
             if getattr(self, name) not in FORMS:
                 raise ValueError(f"RopeConfig.{name}={getattr(self, name)!r}; expected one of {FORMS}")
-        if self.extrapolation in ("mrope++", "yarn-v") and self.variant not in ("mrope", "mrope-interleaved",
-                                                                                  "videorope"):
+        if self.extrapolation in ("mrope++", "yarn-v") and self.layout not in ("mrope", "videorope"):
             raise ValueError(
                 f"extrapolation {self.extrapolation!r} scales the t/h/w axes separately and needs variant "
                 f"'mrope', 'mrope-interleaved' or 'videorope', not {self.variant!r}"
