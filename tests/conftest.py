@@ -83,6 +83,9 @@ def monkeypatch_module():
         yield patch
 
 
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # every family the hook serves; tests parametrise over it
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     from videorope_train.tiny import make_tiny_model
@@ -106,7 +109,7 @@ def hooked_dir(tiny_base, tmp_path_factory):
             bases[family] = make_tiny_model(root / f"base-{family}", family=family)
         key = (variant, family, tuple(sorted(settings.items())))
         if key not in made:
-            name = f"tiny-{variant}" if family == "qwen2_vl" else f"tiny25-{variant}"
+            name = f"tiny-{variant}" if family == "qwen2_vl" else f"tiny-{family}-{variant}"
             made[key] = prepare_model(bases[family], root / str(len(made)) / name, RopeConfig(variant, **settings))
         return made[key]
 

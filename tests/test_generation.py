@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import load_hooked, make_inputs
+from conftest import FAMILIES, load_hooked, make_inputs
 from test_hook import MIXED
 
+from videorope_train.hook.prepare import FAMILIES as FAMILY_TABLE
 from videorope_train.rope import VARIANTS
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
 NEW = 3
 YARN_V = {"extrapolation": "yarn-v", "extrapolation_factor": 4.0, "original_context": 32}  # active: prompts exceed 32
 SETTINGS = [(variant, {}) for variant in VARIANTS] + [("videorope", YARN_V)]
@@ -48,13 +48,17 @@ def test_beam_search_scores_equal_full_forward(hooked_dir, variant, settings, fa
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_mrope_beams_equal_stock(hooked_dir, family):
+@pytest.mark.parametrize("beams", [1, 2])
+def test_stock_equivalent_variant_generates_stocks_tokens(hooked_dir, family, beams):
+    """Greedy and beam search: the family's stock-equivalent variant (Qwen3-VL: mrope-interleaved) gives stock's
+    tokens; stock computes its own positions (Qwen3-VL: from the processor's mm_token_type_ids)."""
     from transformers import AutoModelForImageTextToText
 
-    path = hooked_dir("mrope", family=family)
+    path = hooked_dir(FAMILY_TABLE[family].stock_variant, family=family)
     hooked = load_hooked(path)
     inputs = make_inputs(path, MIXED)
-    kwargs = dict(num_beams=2, num_return_sequences=2, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
+    kwargs = dict(num_beams=beams, num_return_sequences=beams, max_new_tokens=NEW, min_new_tokens=NEW,
+                  do_sample=False)
     with torch.no_grad():
         ours = hooked.generate(**inputs, **kwargs)
         stock = AutoModelForImageTextToText.from_pretrained(hooked_base(path)).eval()

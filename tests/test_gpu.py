@@ -11,7 +11,7 @@ import os
 
 import pytest
 import torch
-from conftest import make_inputs, run_in_fresh_process, stand_in_loaded
+from conftest import FAMILIES, make_inputs, run_in_fresh_process, stand_in_loaded
 from test_flash_attention import packed_row
 from test_hook import MIXED, visual_kwargs
 
@@ -46,7 +46,7 @@ def on_cuda(batch):
     return {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_real_fa2_equals_sdpa_padded_and_packed(hooked_dir, variant, family, request):
     if ran_in_a_fresh_process(request):

@@ -40,18 +40,24 @@ def test_config_block_validated(hooked_dir, tmp_path):
         AutoConfig.from_pretrained(broken, trust_remote_code=True)
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])  # Qwen2.5-VL places tokens as Qwen2-VL does
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_model_positions_equal_the_per_token_reference(hooked_dir, variant):
+def test_model_positions_equal_the_per_token_reference(hooked_dir, variant, family):
     """The loaded model's positions for a left-padded mixed video/image/text batch: every valid token equals the
     independent per-token reference (tests/rope_reference.py), padding is 1, and rope_deltas places the first
-    generated token at the reference's next position."""
-    path = hooked_dir(variant)
+    generated token at the reference's next position.  Qwen3-VL's video is one block per temporal patch, each after
+    its timestamp text."""
+    path = hooked_dir(variant, family=family)
     model = load_hooked(path)
     inputs = make_inputs(path, MIXED)
     positions, deltas = model.get_rope_index(**inputs)
     config = json.loads((path / "config.json").read_text())
+    if family == "qwen3_vl":
+        frames = int(inputs["video_grid_thw"][0, 0])
+        assert frames > 1 and int((inputs["input_ids"] == config["vision_start_token_id"]).sum()) == frames + 1
     samples = reference_batch_rows(variant, config, inputs["input_ids"], inputs["attention_mask"],
-                                   inputs.get("image_grid_thw"), inputs.get("video_grid_thw"))
+                                   inputs.get("image_grid_thw"), inputs.get("video_grid_thw"),
+                                   frame_blocks=family == "qwen3_vl")
     length = inputs["input_ids"].shape[1]
     for row, (valid, expected, following) in enumerate(samples):
         assert torch.equal(positions[:, row][:, valid].to(torch.float64), expected), f"sample {row}"
@@ -77,6 +83,29 @@ def test_mrope_hook_equals_stock_qwen2vl(hooked_dir, tiny_base):
         videorope = load_hooked(hooked_dir("videorope"))(**inputs).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(videorope, ours, atol=1e-4)  # the variant really changes the model
+
+
+def test_interleaved_mrope_hook_equals_stock_qwen3vl(hooked_dir):
+    """Stock Qwen3-VL places its positions itself (from the processor's mm_token_type_ids) and interleaves the
+    frequencies; the hooked mrope-interleaved model must give its logits on a left-padded mixed batch, where the
+    video is a block per temporal patch with timestamp text between.  fp32: differences are summation order only."""
+    from transformers import AutoModelForImageTextToText
+
+    path = hooked_dir("mrope-interleaved", family="qwen3_vl")
+    hooked = load_hooked(path)
+    stock = AutoModelForImageTextToText.from_pretrained((path / "model.safetensors").resolve().parent).eval()
+    assert type(stock).__module__.startswith("transformers.models.qwen3_vl")
+    inputs = make_inputs(path, MIXED)
+    assert "mm_token_type_ids" in inputs and inputs["video_grid_thw"][0, 0] > 1
+    valid = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        ours = hooked(**inputs).logits
+        theirs = stock(**inputs).logits
+        chunked = load_hooked(hooked_dir("mrope", family="qwen3_vl"))(**inputs).logits
+        videorope = load_hooked(hooked_dir("videorope", family="qwen3_vl"))(**inputs).logits
+    torch.testing.assert_close(ours[valid], theirs[valid], rtol=1e-5, atol=1e-5)
+    for other in (chunked, videorope):  # the frequency allocation and the layout really change the model
+        assert not torch.allclose(other[valid], ours[valid], atol=1e-4)
 
 
 @pytest.mark.parametrize("variant, settings", [(v, {}) for v in VARIANTS] + [("videorope", {"temporal_stride": 1.5})])

@@ -61,6 +61,73 @@ def test_worked_example_tad():
     assert deltas.tolist() == [[-22]]
 
 
+# Qwen3-VL's layout (docs/method.md, "Qwen3-VL"): `a <vs>` frame 0 `<ve> x y <vs>` frame 1 `<ve> c`, where x y stand
+# for frame 1's "<t seconds>" timestamp text; video_grid_thw (2, 4, 6) -> two one-frame blocks of H=2, W=3.
+WORKED3 = ids(A, VS, [VID] * 6, VE, X, Y, VS, [VID] * 6, VE, C)
+WORKED3_GRID = torch.tensor([[2, 4, 6]])
+
+
+def qwen3(cfg):
+    return get_rope_index(cfg, WORKED3, video_grid_thw=WORKED3_GRID, frame_blocks=True)
+
+
+def test_qwen3_worked_example_videorope():
+    """Frame 0 at t=2 hands on δ later (4), the timestamp text counts on by 1, frame 1 (its video's last) at t=8
+    hands on t+1 (code form); h/w centred on each frame's t."""
+    pos, deltas = qwen3(RopeConfig("videorope", temporal_stride=2.0))
+    t, h, w = rows(pos)
+    assert t == [0, 1] + [2] * 6 + [4, 5, 6, 7] + [8] * 6 + [9, 10]
+    assert h == [0, 1] + [2, 2, 2, 3, 3, 3] + [4, 5, 6, 7] + [8, 8, 8, 9, 9, 9] + [9, 10]
+    assert w == [0, 1] + [1, 2, 3, 1, 2, 3] + [4, 5, 6, 7] + [7, 8, 9, 7, 8, 9] + [9, 10]
+    assert deltas.tolist() == [[11 - 20]]
+
+
+def test_qwen3_worked_example_videorope_paper_form():
+    pos, deltas = qwen3(RopeConfig("videorope", temporal_stride=2.0, text_after_block="paper"))
+    t, _, _ = rows(pos)
+    assert t == [0, 1] + [2] * 6 + [4, 5, 6, 7] + [8] * 6 + [10, 11]
+    assert deltas.tolist() == [[12 - 20]]
+
+
+@pytest.mark.parametrize("variant", ["mrope", "mrope-interleaved"])
+def test_qwen3_worked_example_mrope_is_stock_qwen3vl(variant):
+    """Stock Qwen3-VL's get_rope_index: every frame starts at the running position, the next token at
+    start + max(H, W)."""
+    pos, deltas = qwen3(RopeConfig(variant))
+    t, h, w = rows(pos)
+    assert t == [0, 1] + [2] * 6 + [5, 6, 7, 8] + [9] * 6 + [12, 13]
+    assert h == [0, 1] + [2, 2, 2, 3, 3, 3] + [5, 6, 7, 8] + [9, 9, 9, 10, 10, 10] + [12, 13]
+    assert w == [0, 1] + [2, 3, 4, 2, 3, 4] + [5, 6, 7, 8] + [9, 10, 11, 9, 10, 11] + [12, 13]
+    assert deltas.tolist() == [[14 - 20]]
+
+
+def test_qwen3_worked_example_tad_and_vanilla():
+    """TAD: each frame is one time step (2 and 7 here), plus the 1-D index; vanilla: 0..19."""
+    pos, deltas = qwen3(RopeConfig("tad"))
+    time = [0, 1] + [2] * 6 + [3, 4, 5, 6] + [7] * 6 + [8, 9]
+    assert rows(pos) == [[p + i for i, p in enumerate(time)]] * 3
+    assert deltas.tolist() == [[(10 + 20) - 2 * 20]]
+    pos, deltas = qwen3(RopeConfig("vanilla"))
+    assert rows(pos) == [list(range(20))] * 3 and deltas.tolist() == [[0]]
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "tad", "mrope", "videorope"])
+def test_qwen3_layout_equals_the_per_token_reference(variant):
+    grids = [(1, 4, 6), (1, 4, 6)]
+    expected, following = reference_positions(variant, WORKED3[0].tolist(), grids, ends=[False, True])
+    pos, deltas = qwen3(RopeConfig(variant))
+    assert rows(pos) == expected
+    assert float(deltas[0, 0]) == following - (2 if variant == "tad" else 1) * WORKED3.shape[1]
+
+
+def test_qwen3_frames_must_each_have_their_block():
+    """A frame's tokens counted against one frame's grid, and a missing frame named."""
+    with pytest.raises(ValueError, match=r"row 0 = \(2, 4, 6\).*needs \(H/2\)\*\(W/2\) = 6 per frame"):
+        get_rope_index(RopeConfig(), ids(A, VS, [VID] * 12, VE), video_grid_thw=WORKED3_GRID, frame_blocks=True)
+    with pytest.raises(ValueError, match=r"2 one-frame block\(s\).*only 1"):
+        get_rope_index(RopeConfig(), ids(A, VS, [VID] * 6, VE), video_grid_thw=WORKED3_GRID, frame_blocks=True)
+
+
 def test_worked_example_paper_forms():
     cfg = RopeConfig("videorope", temporal_stride=2.0, text_after_block="paper", centering="paper")
     pos, deltas = get_rope_index(cfg, WORKED, video_grid_thw=WORKED_GRID)

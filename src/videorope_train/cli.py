@@ -57,15 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--language", required=True, help="Qwen2-family causal LM directory, e.g. Qwen2-7B (the authors')")
     base.add_argument("--out", required=True, help="where to write the joined model (then: prepare-model --base OUT)")
 
-    tiny = commands.add_parser("make-tiny-model", help="write a random tiny Qwen2-VL (offline)")
+    tiny = commands.add_parser("make-tiny-model", help="write a random tiny Qwen2-VL, Qwen2.5-VL or Qwen3-VL (offline)")
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--family", choices=("qwen2_vl", "qwen2_5_vl"), default="qwen2_vl")
+    tiny.add_argument("--family", choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), default="qwen2_vl")
     tiny.add_argument("--hidden-size", type=int, default=64)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--heads", type=int, default=4)
     tiny.add_argument("--kv-heads", type=int, default=2)
-    tiny.add_argument("--mrope-section", type=int, nargs=3, default=(2, 3, 3), help="sums to head_dim / 2")
+    tiny.add_argument("--mrope-section", type=int, nargs=3, default=None,
+                      help="sums to head_dim / 2 (default: 2 3 3; qwen3_vl: 4 2 2)")
 
     plan = commands.add_parser("launch-plan", help="shell lines a launcher evaluates before llamafactory-cli")
     plan.add_argument("recipe")
@@ -141,9 +142,9 @@ def main(argv=None) -> int:
             from .tiny import make_tiny_model
 
             path = make_tiny_model(args.out, hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads,
-                                   num_kv_heads=args.kv_heads, mrope_section=tuple(args.mrope_section),
+                                   num_kv_heads=args.kv_heads, mrope_section=args.mrope_section,
                                    seed=args.seed, family=args.family)
-            print(f"tiny Qwen2-VL written to {path}")
+            print(f"tiny {args.family} written to {path}")
         elif args.command == "launch-plan":
             from .launch import launch_plan, shell_lines
 

@@ -1,7 +1,7 @@
-"""A randomly initialised, tiny Qwen2-VL directory built offline (tests, demo, CI).
+"""A randomly initialised, tiny Qwen2-VL, Qwen2.5-VL or Qwen3-VL directory built offline (tests, demo, CI).
 
 Same layout as a hub checkpoint: config.json + safetensors, a byte-level BPE tokenizer with every Qwen2-VL
-special token and the Qwen2-VL chat template, and the image / video processors.  Token ids differ from the
+special token (Qwen3-VL uses the same ones) and the Qwen2-VL chat template, and the image / video processors.  Token ids differ from the
 real model's (the vocabulary is tiny); the config records them, and everything reads them from there.
 """
 
@@ -52,6 +52,9 @@ _CORPUS = [
 ]
 
 
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
 def build_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer (transformers' fast tokenizer) with the Qwen2-VL special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -85,13 +88,16 @@ def make_tiny_model(
     num_layers: int = 2,
     num_heads: int = 4,
     num_kv_heads: int = 2,
-    mrope_section=(2, 3, 3),
+    mrope_section=None,
     rope_theta: float = 1e6,
     seed: int = 0,
     family: str = "qwen2_vl",
 ) -> Path:
-    """Write a random Qwen2-VL (``family="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``), stock and un-hooked,
-    to ``out``; returns the path.  head_dim = hidden_size / num_heads; ``mrope_section`` sums to head_dim / 2.
+    """Write a random Qwen2-VL (``family="qwen2_vl"``), Qwen2.5-VL (``"qwen2_5_vl"``) or Qwen3-VL (``"qwen3_vl"``,
+    dense, with deepstack and q/k norms), stock and un-hooked, to ``out``; returns the path.
+
+    head_dim = hidden_size / num_heads; ``mrope_section`` sums to head_dim / 2 (default: Qwen2-VL's proportions
+    (2, 3, 3), Qwen3-VL's time-first (4, 2, 2), as (16, 24, 24) and (24, 20, 20) of the real models).
     """
     import torch
     from transformers import (
@@ -105,9 +111,11 @@ def make_tiny_model(
         Qwen2VLVideoProcessor,
     )
 
-    if family not in ("qwen2_vl", "qwen2_5_vl"):
-        raise ValueError(f"family must be 'qwen2_vl' or 'qwen2_5_vl', got {family!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     qwen25 = family == "qwen2_5_vl"
+    if mrope_section is None:
+        mrope_section = (4, 2, 2) if family == "qwen3_vl" else (2, 3, 3)
 
     head_dim = hidden_size // num_heads
     if sum(mrope_section) * 2 != head_dim:
@@ -117,6 +125,9 @@ def make_tiny_model(
 
     tokenizer = build_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL_TOKENS}
+    if family == "qwen3_vl":
+        return _make_tiny_qwen3_vl(out, tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads,
+                                   mrope_section, rope_theta, seed)
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)  # small images → few visual tokens
     image_processor = Qwen2VLImageProcessor(**pixels)
     video_processor = Qwen2VLVideoProcessor(**pixels)
@@ -157,5 +168,52 @@ def make_tiny_model(
     torch.manual_seed(seed)
     model = (Qwen2_5_VLForConditionalGeneration if qwen25 else Qwen2VLForConditionalGeneration)(config)
     model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _make_tiny_qwen3_vl(out: Path, tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads, mrope_section,
+                        rope_theta, seed) -> Path:
+    """Qwen3-VL: 16-pixel patches, a learned position table in the tower, deepstack features from both tower
+    blocks into the first two language layers, q/k norms, an explicit head_dim, interleaved M-RoPE."""
+    import torch
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    size = {"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}  # small frames → few visual tokens
+    processor = Qwen3VLProcessor(
+        # transformers pairs Qwen3-VL with Qwen2-VL's image processor; Qwen3-VL's patch size and normalisation
+        image_processor=Qwen2VLImageProcessor(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, size=size),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(size=size),
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            head_dim=hidden_size // num_heads,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": list(mrope_section),
+                             "mrope_interleaved": True},
+            bos_token_id=None,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden_size,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -1,4 +1,4 @@
-"""The Qwen2-VL hook: loading a prepared model directory with `trust_remote_code=True` runs these classes.
+"""The Qwen2-VL / Qwen2.5-VL / Qwen3-VL hook: loading a prepared model directory with `trust_remote_code=True` runs these classes.
 
 Supported versions are checked here, at import, so an unsupported stack fails before any compute is spent.
 Importing the hook changes nothing global (no transformers table or function is patched); the remote code of a
@@ -51,6 +51,11 @@ from .qwen2_vl import (  # noqa: E402
     VideoRopeQwen2VLForConditionalGeneration,
     VideoRopeQwen2VLModel,
 )
+from .qwen3_vl import (  # noqa: E402
+    VideoRopeQwen3VLConfig,
+    VideoRopeQwen3VLForConditionalGeneration,
+    VideoRopeQwen3VLModel,
+)
 
 __all__ = [
     "CONFIG_KEY",
@@ -60,6 +65,9 @@ __all__ = [
     "VideoRopeQwen2VLConfig",
     "VideoRopeQwen2VLForConditionalGeneration",
     "VideoRopeQwen2VLModel",
+    "VideoRopeQwen3VLConfig",
+    "VideoRopeQwen3VLForConditionalGeneration",
+    "VideoRopeQwen3VLModel",
     "check_versions",
     "rope_config_of",
 ]

@@ -252,6 +252,7 @@ class VideoRopeModelMixin:
             block.attn.__class__ = self.vision_attention_class
 
     stock_rope_index_args: tuple = ("attention_mask",)  # stock's positional parameters after video_grid_thw
+    frame_blocks: bool = False  # Qwen3-VL: every temporal patch of a video is its own block (rope/positions.py)
 
     def get_rope_index(self, input_ids: torch.Tensor, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
                        *more, **kwargs):
@@ -279,6 +280,7 @@ class VideoRopeModelMixin:
             image_token_id=self.config.image_token_id,
             video_token_id=self.config.video_token_id,
             vision_start_token_id=self.config.vision_start_token_id,
+            frame_blocks=self.frame_blocks,
         )
 
     def compute_3d_position_ids(
@@ -349,23 +351,41 @@ class VideoRopeModelMixin:
         return self.get_rope_index(input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
                                    attention_mask=mask)[0]
 
-    def _embed_images_and_videos(self, input_ids, inputs_embeds, pixel_values, pixel_values_videos,
-                                 image_grid_thw, video_grid_thw):
-        """Run the vision tower once over images and videos together and place the features.
+    _vision_outputs = None  # (image, video) outputs of the current forward's one joint tower pass
 
-        Stock Qwen2-VL calls the tower once per modality; under DeepSpeed ZeRO-3 a rank whose batch has both
-        then gathers the tower's parameters one more time than a rank with one modality, and the job hangs.
-        The tower attends within each grid item (cu_seqlens), so one joint call gives the same features.
+    def _one_vision_pass(self, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw):
+        """The tower's outputs for images and videos from one call over both, split as two calls would give them.
+
+        Stock models call the tower once per modality; under DeepSpeed ZeRO-3 a rank whose batch has both then
+        gathers the tower's parameters one more time than a rank with one modality, and the job hangs.  The tower
+        attends within each grid item (cu_seqlens), so one joint call gives the same features.  Qwen3-VL's
+        deepstack features (one [tokens, hidden] tensor per fed layer) are split at the images' token count.
         """
         joint = torch.cat([pixel_values, pixel_values_videos.to(pixel_values.dtype)], dim=0)
-        features = self.get_image_features(joint, torch.cat([image_grid_thw, video_grid_thw], dim=0)).pooler_output
+        grid = torch.cat([image_grid_thw, video_grid_thw], dim=0)
+        output = super().get_image_features(joint, grid, return_dict=True)
         num_images = image_grid_thw.shape[0]
-        image_embeds = torch.cat(features[:num_images], dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
-        video_embeds = torch.cat(features[num_images:], dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
-        image_mask, video_mask = self.get_placeholder_mask(
-            input_ids, inputs_embeds=inputs_embeds, image_features=image_embeds, video_features=video_embeds
-        )
-        return inputs_embeds.masked_scatter(image_mask, image_embeds).masked_scatter(video_mask, video_embeds)
+        image_tokens = sum(item.shape[0] for item in output.pooler_output[:num_images])  # shapes: no host sync
+        deepstack = getattr(output, "deepstack_features", None)
+
+        def part(items, rows):
+            fields = {"pooler_output": items}
+            if deepstack is not None:
+                fields["deepstack_features"] = [features[rows] for features in deepstack]
+            return type(output)(**fields)
+
+        return (part(output.pooler_output[:num_images], slice(None, image_tokens)),
+                part(output.pooler_output[num_images:], slice(image_tokens, None)))
+
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
+        if self._vision_outputs is not None:
+            return self._vision_outputs[0]
+        return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+
+    def get_video_features(self, pixel_values_videos, video_grid_thw=None, **kwargs):
+        if self._vision_outputs is not None:
+            return self._vision_outputs[1]
+        return super().get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, pixel_values=None, pixel_values_videos=None, image_grid_thw=None,
@@ -381,24 +401,24 @@ class VideoRopeModelMixin:
                 kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest,
                               max_length_k=longest)
         if pixel_values is not None and pixel_values_videos is not None:
-            if inputs_embeds is None:
-                inputs_embeds = self.get_input_embeddings()(input_ids)
-            inputs_embeds = self._embed_images_and_videos(
-                input_ids, inputs_embeds, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw
+            # stock's forward then takes both modalities' features from this one pass (see _one_vision_pass)
+            self._vision_outputs = self._one_vision_pass(pixel_values, pixel_values_videos, image_grid_thw,
+                                                         video_grid_thw)
+        try:
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                pixel_values=pixel_values,
+                pixel_values_videos=pixel_values_videos,
+                image_grid_thw=image_grid_thw,
+                video_grid_thw=video_grid_thw,
+                **kwargs,
             )
-            pixel_values = pixel_values_videos = None
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            pixel_values=pixel_values,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            **kwargs,
-        )
+        finally:
+            self._vision_outputs = None
 
 
 class VideoRopeGenerationMixin:

@@ -41,8 +41,8 @@ def attention_call_kwargs(config) -> dict:
     return {}
 
 
-class FlashSafeVisionAttentionMixin:
-    """The stock vision attention, with ``attention_call_kwargs`` (instances are re-classed in place)."""
+class FlashSafeAttentionMixin:
+    """A stock attention module (vision tower, or Qwen3-VL's text attention), with ``attention_call_kwargs`` (instances are re-classed in place)."""
 
     def forward(self, *args, **kwargs):
         return super().forward(*args, **kwargs, **attention_call_kwargs(self.config))

@@ -23,6 +23,8 @@ class Family:
     model_type: str
     hook_module: str  # videorope_train.hook.<hook_module>
     prefix: str  # class-name prefix, e.g. VideoRopeQwen2VL
+    video_processor: str = VIDEO_PROCESSOR_CLASS  # the budget-applying processor of hook/video_processor.py
+    stock_variant: str = "mrope"  # the variant that equals the stock model (Qwen3-VL: interleaved M-RoPE)
 
     @property
     def config_class(self) -> str:
@@ -59,7 +61,7 @@ class {self.config_class}(_hook.{self.config_class}):
     pass
 
 
-class {VIDEO_PROCESSOR_CLASS}(_video.{VIDEO_PROCESSOR_CLASS}):
+class {VIDEO_PROCESSOR_CLASS}(_video.{self.video_processor}):
     pass
 
 
@@ -76,7 +78,8 @@ class {self.model_class}(_hook.{self.model_class}):
 FAMILIES = {
     family.model_type: family
     for family in (Family("qwen2_vl", "qwen2_vl", "VideoRopeQwen2VL"),
-                   Family("qwen2_5_vl", "qwen2_5_vl", "VideoRopeQwen2_5_VL"))
+                   Family("qwen2_5_vl", "qwen2_5_vl", "VideoRopeQwen2_5_VL"),
+                   Family("qwen3_vl", "qwen3_vl", "VideoRopeQwen3VL", "VideoRopeQwen3VLVideoProcessor", "mrope-interleaved"))
 }
 
 

@@ -6,7 +6,7 @@ Thin subclasses of transformers' Qwen2.5-VL classes over the mixins of ``common.
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as stock
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
 
-from .compat import FlashSafeVisionAttentionMixin
+from .compat import FlashSafeAttentionMixin
 from .common import PlainRotaryAttentionMixin, VideoRopeConfigMixin, VideoRopeGenerationMixin, VideoRopeModelMixin
 
 
@@ -18,7 +18,7 @@ class VideoRopeQwen2_5_VLAttention(PlainRotaryAttentionMixin, stock.Qwen2_5_VLAt
     eager_attention_forward = staticmethod(stock.eager_attention_forward)
 
 
-class VideoRopeQwen2_5_VLVisionAttention(FlashSafeVisionAttentionMixin, stock.Qwen2_5_VLVisionAttention):
+class VideoRopeQwen2_5_VLVisionAttention(FlashSafeAttentionMixin, stock.Qwen2_5_VLVisionAttention):
     pass
 
 

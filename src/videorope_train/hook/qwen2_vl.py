@@ -6,7 +6,7 @@ Thin subclasses of transformers' Qwen2-VL classes over the mixins of ``common.py
 from transformers.models.qwen2_vl import modeling_qwen2_vl as stock
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 
-from .compat import FlashSafeVisionAttentionMixin
+from .compat import FlashSafeAttentionMixin
 from .common import PlainRotaryAttentionMixin, VideoRopeConfigMixin, VideoRopeGenerationMixin, VideoRopeModelMixin
 
 
@@ -18,7 +18,7 @@ class VideoRopeQwen2VLAttention(PlainRotaryAttentionMixin, stock.Qwen2VLAttentio
     eager_attention_forward = staticmethod(stock.eager_attention_forward)
 
 
-class VideoRopeQwen2VLVisionAttention(FlashSafeVisionAttentionMixin, stock.VisionAttention):
+class VideoRopeQwen2VLVisionAttention(FlashSafeAttentionMixin, stock.VisionAttention):
     pass
 
 

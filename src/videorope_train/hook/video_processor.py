@@ -1,4 +1,4 @@
-"""A Qwen2-VL video processor applying the authors' per-video pixel budget (``video.VideoBudget``).
+"""Qwen2-VL and Qwen3-VL video processors applying the authors' per-video pixel budget (``video.VideoBudget``).
 
 LLaMA-Factory samples the frames (``video_fps``, ``video_maxlen``) and hands them to the processor's video
 processor; this one resizes each video by its own limit, min(max_frame_pixels, 2·total_pixels/frames).  It
@@ -16,11 +16,15 @@ import torch
 from transformers import BatchFeature
 from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 from ..video import VideoBudget
 
 
-class VideoRopeVideoProcessor(Qwen2VLVideoProcessor):
+class VideoBudgetMixin:
+    """Over a stock Qwen video processor whose ``_preprocess`` resizes within ``size`` (shortest/longest edge in
+    pixels per frame) and returns ``pixel_values_videos`` and ``video_grid_thw``."""
+
     def __init__(self, video_budget: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.video_budget = VideoBudget(**(video_budget or {})).to_dict()
@@ -46,3 +50,11 @@ class VideoRopeVideoProcessor(Qwen2VLVideoProcessor):
             },
             tensor_type=return_tensors,
         )
+
+
+class VideoRopeVideoProcessor(VideoBudgetMixin, Qwen2VLVideoProcessor):
+    """Qwen2-VL and Qwen2.5-VL."""
+
+
+class VideoRopeQwen3VLVideoProcessor(VideoBudgetMixin, Qwen3VLVideoProcessor):
+    """Qwen3-VL (its timestamps come from the processor's video metadata, which this does not change)."""

@@ -5,6 +5,12 @@ T·H·W ``<|image_pad|>`` or ``<|video_pad|>`` tokens, where (T, H, W) is the bl
 with H and W divided by ``spatial_merge_size``.  Grid rows are consumed in order of appearance across the
 batch (sample 0's blocks first), as Qwen2-VL's processor emits them.
 
+With ``frame_blocks=True`` (Qwen3-VL) a video row (T, H, W) is T blocks of one temporal patch each, every one
+led by its own ``<|vision_start|>`` and separated by text (Qwen3-VL's ``<t seconds>`` timestamps).  Each frame
+is placed as a one-frame block; for VideoRoPE the token after a frame that is not its video's last starts δ
+after the frame's temporal index, so with no text between frames the positions are exactly those of one
+T-frame block (docs/method.md, "Qwen3-VL").
+
 Work is vectorised per visual block (no per-token Python), linear in the sequence length.
 """
 
@@ -22,32 +28,43 @@ the version that trained them, and loading one trained under another version war
 
 
 class _GridRows:
-    """The rows of one ``*_grid_thw`` tensor, handed out in order."""
+    """The blocks one ``*_grid_thw`` tensor describes, handed out in order.
 
-    def __init__(self, grid_thw: Optional[torch.Tensor], name: str):
+    A block is (row index, (T, H, W), whether it ends its row): one per row, or with ``frame_blocks`` one per
+    temporal patch of each row (T = 1 each, only the last ending the row)."""
+
+    def __init__(self, grid_thw: Optional[torch.Tensor], name: str, frame_blocks: bool = False):
         self.name = name
-        if grid_thw is None:
-            self.rows: List[Tuple[int, int, int]] = []
-        else:
+        self.frame_blocks = frame_blocks
+        self.rows: List[Tuple[int, int, int]] = []
+        self.blocks: List[Tuple[int, Tuple[int, int, int], bool]] = []
+        if grid_thw is not None:
             if grid_thw.dim() != 2 or grid_thw.shape[-1] != 3:
                 raise ValueError(f"{name} must have shape [num_blocks, 3], got {tuple(grid_thw.shape)}")
             self.rows = [tuple(int(v) for v in row) for row in grid_thw.tolist()]
+        for index, (t, h, w) in enumerate(self.rows):
+            if frame_blocks and t > 1:
+                self.blocks += [(index, (1, h, w), frame == t - 1) for frame in range(t)]
+            else:
+                self.blocks.append((index, (t, h, w), True))
         self.used = 0
 
-    def take(self, sample: int, block: int, kind: str) -> Tuple[int, Tuple[int, int, int]]:
-        if self.used >= len(self.rows):
+    def take(self, sample: int, block: int, kind: str) -> Tuple[int, Tuple[int, int, int], bool]:
+        if self.used >= len(self.blocks):
+            unit = "row or frame" if self.frame_blocks else "row"
             raise ValueError(
-                f"sample {sample}: {kind} block {block} has no {self.name} row "
+                f"sample {sample}: {kind} block {block} has no {self.name} {unit} "
                 f"(only {len(self.rows)} row(s) given for the whole batch)"
             )
         self.used += 1
-        return self.used - 1, self.rows[self.used - 1]
+        return self.blocks[self.used - 1]
 
     def check_all_used(self) -> None:
-        if self.used != len(self.rows):
+        if self.used != len(self.blocks):
+            what = f"{len(self.blocks)} one-frame block(s)" if self.frame_blocks else f"{len(self.rows)} row(s)"
             raise ValueError(
-                f"{self.name} has {len(self.rows)} row(s) but the batch's input_ids contain only {self.used} "
-                f"such block(s): were visual tokens truncated, e.g. by cutoff_len?"
+                f"{self.name} has {len(self.rows)} row(s) ({what}) but the batch's input_ids contain only "
+                f"{self.used} such block(s): were visual tokens truncated, e.g. by cutoff_len?"
             )
 
 
@@ -58,8 +75,9 @@ def _find_blocks(
     grids: dict,
     spatial_merge_size: int,
     vision_start_token_id: int,
-) -> List[Tuple[int, int, int, int, int]]:
-    """Visual blocks of one sample as (start among its valid tokens, length, T, H, W), H/W in LLM-grid units.
+) -> List[Tuple[int, int, int, int, int, bool]]:
+    """Visual blocks of one sample as (start among its valid tokens, length, T, H, W, whether it ends its grid
+    row), H/W in LLM-grid units.
 
     Blocks are walked in order over the whole row, so grid rows are handed out in order of appearance; a block
     lying entirely under attention_mask 0 (padding, LLaMA-Factory's placeholder image) takes its row but no
@@ -75,10 +93,10 @@ def _find_blocks(
     expected = {token_id: 0 for token_id in grids}
     for block, (start, token_id) in enumerate(zip(starts[visual].tolist(), kinds[visual].tolist())):
         rows, kind = grids[token_id]
-        row_index, (t, h0, w0) = rows.take(sample, block, kind)
+        row_index, (t, h0, w0), ends_row = rows.take(sample, block, kind)
         if t < 1 or h0 < 1 or w0 < 1 or h0 % spatial_merge_size or w0 % spatial_merge_size:
             raise ValueError(
-                f"{rows.name} row {row_index} = {(t, h0, w0)} is invalid: T, H, W must be >= 1 and H, W "
+                f"{rows.name} row {row_index} = {rows.rows[row_index]} is invalid: T, H, W must be >= 1 and H, W "
                 f"divisible by spatial_merge_size={spatial_merge_size}"
             )
         h, w = h0 // spatial_merge_size, w0 // spatial_merge_size
@@ -89,8 +107,9 @@ def _find_blocks(
             found = f"more than {length}" if run > length else str(run)
             raise ValueError(
                 f"sample {sample}: {kind} block {block} (token offset {start}) has {found} {kind} tokens, but "
-                f"{rows.name} row {row_index} = {(t, h0, w0)} with spatial_merge_size={spatial_merge_size} "
-                f"needs T*(H/{spatial_merge_size})*(W/{spatial_merge_size}) = {length}"
+                f"{rows.name} row {row_index} = {rows.rows[row_index]} with spatial_merge_size={spatial_merge_size} "
+                f"needs {'(H' if rows.frame_blocks else 'T*(H'}/{spatial_merge_size})*(W/{spatial_merge_size}) = "
+                f"{length}{' per frame' if rows.frame_blocks else ''}"
             )
         block_valid = valid[start : start + length]
         if not bool(block_valid.any()):
@@ -98,7 +117,7 @@ def _find_blocks(
         if not bool(block_valid.all()):
             raise ValueError(f"sample {sample}: {kind} block {block} (token offset {start}) is partly padding")
         expected[token_id] += length
-        blocks.append((int(valid_before[start]), length, t, h, w))
+        blocks.append((int(valid_before[start]), length, t, h, w, ends_row))
     for token_id, (rows, kind) in grids.items():
         count = int((row[valid] == token_id).sum())
         if count != expected[token_id]:
@@ -109,9 +128,12 @@ def _find_blocks(
     return blocks
 
 
-def _block_positions(cfg: RopeConfig, start: float, t: int, h: int, w: int) -> Tuple[torch.Tensor, float]:
+def _block_positions(cfg: RopeConfig, start: float, t: int, h: int, w: int, ends_row: bool = True
+                     ) -> Tuple[torch.Tensor, float]:
     """Positions [3, T*H*W] (float64) of one visual block whose first token gets ``start``, and the
-    position of the text token that follows it.  For ``tad`` the three rows carry its time index."""
+    position of the text token that follows it.  For ``tad`` the three rows carry its time index.
+    ``ends_row=False``: a frame of a video that has more frames (``frame_blocks``); for VideoRoPE the next token
+    then starts δ·T after ``start``, where the video's next frame would have been."""
     k = torch.arange(t, dtype=torch.float64).view(t, 1, 1)
     i = torch.arange(h, dtype=torch.float64).view(1, h, 1)
     j = torch.arange(w, dtype=torch.float64).view(1, 1, w)
@@ -122,7 +144,10 @@ def _block_positions(cfg: RopeConfig, start: float, t: int, h: int, w: int) -> T
             h_pos, w_pos = t_pos + i - (h - 1) // 2, t_pos + j - (w - 1) // 2
         else:
             h_pos, w_pos = t_pos + i - h / 2, t_pos + j - w / 2
-        after = start + stride * (t - 1) + 1 if cfg.text_after_block == "code" else start + stride * t
+        if ends_row and cfg.text_after_block == "code":
+            after = start + stride * (t - 1) + 1
+        else:
+            after = start + stride * t
     elif cfg.layout == "mrope":
         t_pos, h_pos, w_pos = start + k, start + i, start + j
         after = start + max(t, h, w)
@@ -138,10 +163,10 @@ def _sample_positions(cfg: RopeConfig, length: int, blocks) -> Tuple[torch.Tenso
     if cfg.variant == "vanilla":
         return torch.arange(length, dtype=torch.float64).expand(3, -1), float(length)
     parts, cursor, text_start = [], 0.0, 0
-    for start, size, t, h, w in blocks:
+    for start, size, t, h, w, ends_row in blocks:
         parts.append(cursor + torch.arange(start - text_start, dtype=torch.float64).expand(3, -1))
         cursor += start - text_start
-        block, cursor = _block_positions(cfg, cursor, t, h, w)
+        block, cursor = _block_positions(cfg, cursor, t, h, w, ends_row)
         parts.append(block)
         text_start = start + size
     parts.append(cursor + torch.arange(length - text_start, dtype=torch.float64).expand(3, -1))
@@ -162,6 +187,7 @@ def get_rope_index(
     image_token_id: int = 151655,
     video_token_id: int = 151656,
     vision_start_token_id: int = 151652,
+    frame_blocks: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Position ids of ``cfg.variant`` for a batch.
 
@@ -170,6 +196,7 @@ def get_rope_index(
         image_grid_thw: [num_images, 3] (T, H, W) in patches, rows in order of appearance across the batch.
         video_grid_thw: [num_videos, 3], likewise.
         attention_mask: [B, L], 1 for real tokens, 0 for padding (None = all real).
+        frame_blocks: each temporal patch of a video is its own block (Qwen3-VL; see the module docstring).
 
     Returns:
         position_ids: [3, B, L] rows (t, h, w); padding positions hold 1.  ``torch.long`` when every
@@ -193,7 +220,7 @@ def get_rope_index(
         raise ValueError(f"spatial_merge_size must be >= 1, got {spatial_merge_size}")
     grids = {
         image_token_id: (_GridRows(image_grid_thw, "image_grid_thw"), "image"),
-        video_token_id: (_GridRows(video_grid_thw, "video_grid_thw"), "video"),
+        video_token_id: (_GridRows(video_grid_thw, "video_grid_thw", frame_blocks), "video"),
     }
     dtype = torch.long if cfg.positions_are_integer else torch.float32
 
