@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import load_hooked, make_inputs
+from conftest import FAMILIES, load_hooked, make_inputs
 from rope_reference import reference_batch_rows
 
+from videorope_train.hook.prepare import FAMILIES as FAMILY_TABLE
 from videorope_train.rope import VARIANTS, RopeConfig, rotary_cos_sin, scaled_inv_freq
 from videorope_train.rope import frequency_axes
 
@@ -243,22 +244,26 @@ def test_version_check_rejects_unsupported(monkeypatch):
             hook.check_versions()
 
 
-def test_one_vision_pass_for_images_and_videos(hooked_dir, tiny_base):
-    """Joint vision pass (one ZeRO-3 gather per step) gives the stock per-modality features."""
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_vision_pass_for_images_and_videos(hooked_dir, family):
+    """Joint vision pass (one ZeRO-3 gather per step) gives the stock per-modality features — Qwen3-VL's deepstack
+    features included, which stock adds to the first language layers' image and video tokens."""
     from transformers import AutoModelForImageTextToText
 
-    path = hooked_dir("mrope")
+    path = hooked_dir(FAMILY_TABLE[family].stock_variant, family=family)
     hooked = load_hooked(path)
-    stock = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    stock = AutoModelForImageTextToText.from_pretrained((path / "model.safetensors").resolve().parent).eval()
     inputs = make_inputs(path, MIXED)
-    calls = []
+    calls, stock_calls = [], []
     hooked.model.visual.register_forward_hook(lambda *args: calls.append(1))
+    stock.model.visual.register_forward_hook(lambda *args: stock_calls.append(1))
     positions, _ = hooked.get_rope_index(**inputs)
     with torch.no_grad():
         ours = hooked(**inputs, position_ids=positions).logits
         theirs = stock(**inputs, position_ids=positions).logits
-    assert len(calls) == 1
+    assert len(calls) == 1 and len(stock_calls) == 2
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert hooked.model._vision_outputs is None  # nothing of this batch is left on the model
 
 
 def test_eager_attention_matches_sdpa(hooked_dir):

@@ -31,13 +31,21 @@ MODES = {
     "ZeRO-3 offload": (2, ["deepspeed=recipes/deepspeed/ds_z3_offload_config.json"], "model.safetensors"),
     "LoRA": (1, ["finetuning_type=lora", "lora_target=all", "lora_rank=4", "learning_rate=5e-2"],
              "adapter_model.safetensors"),
+    "Qwen3-VL, ZeRO-3": (2, ["deepspeed=recipes/deepspeed/ds_z3_config.json"], "model.safetensors"),
 }
-def launch(model_dir, dataset_dir, output_dir, processes, overrides, extra_env=None):
+FAMILY = {"Qwen3-VL, ZeRO-3": "qwen3_vl"}  # the other modes train the tiny Qwen2-VL
+RECIPE = {"qwen2_vl": "recipes/tiny_cpu_sft.yaml", "qwen3_vl": "recipes/tiny_qwen3vl_cpu_sft.yaml"}
+
+
+def hooked_model(hooked_dir, mode):
+    return hooked_dir("videorope", family=FAMILY.get(mode, "qwen2_vl"))
+
+def launch(model_dir, dataset_dir, output_dir, processes, overrides, extra_env=None, recipe=RECIPE["qwen2_vl"]):
     from conftest import free_port
 
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", SKIP_DATA_CHECK="1",
                MASTER_PORT=str(free_port()), **(extra_env or {}))
-    command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", str(processes),
+    command = ["bash", "scripts/train_local.sh", recipe, str(processes),
                f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}", f"output_dir={output_dir}",
                "save_steps=3", "per_device_train_batch_size=1", "max_steps=6", *overrides]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -66,7 +74,8 @@ def uninterrupted(hooked_dir, demo_dataset_dir, tmp_path_factory):
         if mode not in runs:
             processes, overrides, _ = MODES[mode]
             reference = tmp_path_factory.mktemp("uninterrupted")
-            result = launch(hooked_dir("videorope"), demo_dataset_dir, reference, processes, overrides)
+            result = launch(hooked_model(hooked_dir, mode), demo_dataset_dir, reference, processes, overrides,
+                            recipe=RECIPE[FAMILY.get(mode, "qwen2_vl")])
             assert result.returncode == 0, result.stderr[-5000:]
             runs[mode] = reference
         return runs[mode]
@@ -77,10 +86,11 @@ def uninterrupted(hooked_dir, demo_dataset_dir, tmp_path_factory):
 @pytest.mark.parametrize("mode", list(MODES))
 def test_restarted_run_equals_uninterrupted(hooked_dir, demo_dataset_dir, tmp_path, uninterrupted, mode):
     processes, overrides, weights_file = MODES[mode]
-    model_dir = hooked_dir("videorope")
+    model_dir = hooked_model(hooked_dir, mode)
     reference = uninterrupted(mode)
     restarted = stopped_after(reference, 3, tmp_path / "restarted")
-    result = launch(model_dir, demo_dataset_dir, restarted, processes, overrides)
+    result = launch(model_dir, demo_dataset_dir, restarted, processes, overrides,
+                    recipe=RECIPE[FAMILY.get(mode, "qwen2_vl")])
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Continuing training from checkpoint" in result.stdout + result.stderr or \
         "Resuming training from checkpoint" in result.stdout + result.stderr
@@ -95,7 +105,9 @@ def test_restarted_run_equals_uninterrupted(hooked_dir, demo_dataset_dir, tmp_pa
     if weights_file == "model.safetensors":  # ZeRO-2/3 gathered a model that loads as the hooked variant again
         from conftest import load_hooked
 
-        assert load_hooked(reference).rope.variant == "videorope"
+        reloaded = load_hooked(reference)
+        assert reloaded.rope.variant == "videorope"
+        assert type(reloaded).__name__.startswith("VideoRope" + ("Qwen3VL" if mode in FAMILY else "Qwen2VL"))
 
 
 def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked_dir, demo_dataset_dir, tmp_path,
@@ -113,7 +125,7 @@ def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked
     out = tmp_path / "stopped"
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", SKIP_DATA_CHECK="1",
                MASTER_PORT=str(free_port()), PYTHONPATH=SITE, VIDEOROPE_HOLD_AT_STEP="4")
-    command = ["bash", "scripts/train_local.sh", "recipes/tiny_cpu_sft.yaml", str(processes),
+    command = ["bash", "scripts/train_local.sh", recipe, str(processes),
                f"model_name_or_path={hooked_dir('videorope')}", f"dataset_dir={demo_dataset_dir}",
                f"output_dir={out}", "save_steps=3", "per_device_train_batch_size=1", "max_steps=6", *overrides]
     job = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

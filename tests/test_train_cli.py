@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny_cpu_sft.yaml"
+RECIPES = {"qwen2_vl": RECIPE, "qwen3_vl": REPO / "recipes" / "tiny_qwen3vl_cpu_sft.yaml"}  # the tiny twins
 BIN = Path(sys.executable).parent
 
 
@@ -77,10 +78,12 @@ def test_full_sft_checkpoint_is_self_describing(hooked_dir, dataset_dir, tmp_pat
     assert type(reloaded).__module__.startswith("transformers_modules")
 
 
+@pytest.mark.parametrize("family", sorted(RECIPES))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_positions_seen_in_training_are_the_variants(hooked_dir, dataset_dir, tmp_path, variant):
+def test_positions_seen_in_training_are_the_variants(hooked_dir, dataset_dir, tmp_path, variant, family):
     """Run LLaMA-Factory's training loop in process (2 steps, every variant) and record what the model's forward
-    received: LLaMA-Factory's collator builds the positions through the hook, and they equal the per-token table."""
+    received: LLaMA-Factory's collator builds the positions through the hook, and they equal the per-token table.
+    Qwen3-VL: LLaMA-Factory's qwen3_vl plugin writes a timestamp before every temporal patch of a video."""
     from llamafactory.train.tuner import run_exp
     from transformers import TrainerCallback
 
@@ -90,10 +93,10 @@ def test_positions_seen_in_training_are_the_variants(hooked_dir, dataset_dir, tm
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             model.register_forward_pre_hook(lambda module, a, kw: seen.append(dict(kw)), with_kwargs=True)
 
-    model_dir = hooked_dir(variant, **({"temporal_stride": 3.0} if variant == "videorope" else {}))
+    model_dir = hooked_dir(variant, family=family, **({"temporal_stride": 3.0} if variant == "videorope" else {}))
     import yaml
 
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = yaml.safe_load(RECIPES[family].read_text())
     recipe.update(model_name_or_path=str(model_dir), dataset_dir=str(dataset_dir), output_dir=str(tmp_path / "o"),
                   max_steps=2, save_strategy="no")
     run_exp(args=recipe, callbacks=[Record()])
@@ -106,10 +109,15 @@ def test_positions_seen_in_training_are_the_variants(hooked_dir, dataset_dir, tm
         assert position_ids.shape[0] == 4  # [text; t; h; w] from the collator
         samples = reference_batch_rows(variant, config, batch["input_ids"], batch["attention_mask"],
                                        batch.get("image_grid_thw"), batch.get("video_grid_thw"),
-                                       stride=cfg.temporal_stride)
+                                       stride=cfg.temporal_stride, frame_blocks=family == "qwen3_vl")
         for row, (valid, expected, _) in enumerate(samples):  # the independent per-token table
             assert torch.equal(position_ids[1:, row][:, valid].to(torch.float64), expected), f"sample {row}"
-        saw_video |= batch.get("video_grid_thw") is not None
+        video = batch.get("video_grid_thw")
+        if video is not None and family == "qwen3_vl":  # one vision start per temporal patch (and per image)
+            images = 0 if batch.get("image_grid_thw") is None else batch["image_grid_thw"].shape[0]
+            starts = int((batch["input_ids"] == config["vision_start_token_id"]).sum())
+            assert starts == int(video[:, 0].sum()) + images and int(video[:, 0].max()) > 1
+        saw_video |= video is not None
     assert saw_video
 
 

@@ -90,3 +90,39 @@ def test_budget_applies_through_llamafactory_cli(tiny_base, demo_dataset_dir, tm
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("seconds, width, height", [(30, 360, 640), (12, 1280, 720)])
+def test_qwen3_vl_budget_counts_the_same_tokens_through_llamafactory(hooked_dir, tmp_path, seconds, width, height):
+    """A Qwen3-VL token covers 32×32 pixels: the default budget is the authors' 8000 / 768 / 4 *tokens*, applied by
+    the Qwen3-VL processor through LLaMA-Factory's qwen3_vl plugin, with one timestamp per temporal patch."""
+    from llamafactory.data.mm_plugin import get_mm_plugin
+    from transformers import AutoProcessor
+
+    from videorope_train.hook.prepare import prepare_model, token_pixels
+    from videorope_train.rope import RopeConfig
+
+    base = (hooked_dir("videorope", family="qwen3_vl") / "model.safetensors").resolve().parent
+    assert token_pixels(base) == 32 * 32
+    budget = VideoBudget.of_tokens(token_pixels(base))
+    assert budget == VideoBudget(8000 * 1024, 768 * 1024, 4 * 1024)
+    model_dir = prepare_model(base, tmp_path / "budget3", RopeConfig(), video_budget=budget)
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    assert type(processor.video_processor).__name__ == "VideoRopeVideoProcessor"
+    assert any(cls.__name__ == "Qwen3VLVideoProcessor" for cls in type(processor.video_processor).__mro__)
+    processor.video_fps, processor.video_maxlen = 2.0, 128
+    processor.video_max_pixels, processor.video_min_pixels = budget.max_frame_pixels, 16 * 16
+    video = write_video(tmp_path / "clip.mp4", frames=2 * seconds, width=width, height=height, fps=2)
+    plugin = get_mm_plugin("qwen3_vl", image_token="<|image_pad|>", video_token="<|video_pad|>")
+    messages = [{"role": "user", "content": "<video>What happens?"}]
+    expanded = plugin.process_messages(messages, [], [str(video)], [], processor)[0]["content"]
+    grid = plugin._get_mm_inputs([], [str(video)], [], processor)["video_grid_thw"][0].tolist()
+
+    frames = min(128, 2 * seconds)
+    limit = budget.frame_max_pixels(frames)
+    expected_h, expected_w = smart_resize(height, width, min(budget.min_frame_pixels, limit), limit, factor=32)
+    assert grid == [frames // 2, expected_h // 16, expected_w // 16]
+    per_frame = grid[1] * grid[2] // 4
+    assert grid[0] * per_frame <= 8000 and expected_h * expected_w <= limit
+    assert expanded.count("<|video_pad|>") == grid[0] * per_frame
+    assert expanded.count("seconds><|vision_start|>") == grid[0]  # a timestamp before every temporal patch

@@ -40,15 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videorope-train", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prepare = commands.add_parser("prepare-model", help="turn a stock Qwen2-VL directory into a hooked one")
-    prepare.add_argument("--base", required=True, help="stock Qwen2-VL model directory")
+    prepare = commands.add_parser("prepare-model", help="turn a stock Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory into a hooked one")
+    prepare.add_argument("--base", required=True, help="stock model directory (qwen2_vl, qwen2_5_vl or qwen3_vl)")
     prepare.add_argument("--out", required=True, help="where to write the hooked directory")
     prepare.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
     prepare.add_argument("--video-budget", action="store_true",
                          help="apply the authors' per-video pixel budget in the processor (see README)")
-    prepare.add_argument("--video-total-pixels", type=int, default=8000 * 28 * 28)
-    prepare.add_argument("--video-max-frame-pixels", type=int, default=768 * 28 * 28)
-    prepare.add_argument("--video-min-frame-pixels", type=int, default=4 * 28 * 28)
+    prepare.add_argument("--video-total-pixels", type=int, default=None,
+                         help="default: 8000 visual tokens' worth (8000·28² for Qwen2-VL, 8000·32² for Qwen3-VL)")
+    prepare.add_argument("--video-max-frame-pixels", type=int, default=None, help="default: 768 tokens' worth")
+    prepare.add_argument("--video-min-frame-pixels", type=int, default=None, help="default: 4 tokens' worth")
     _add_rope_arguments(prepare)
 
     base = commands.add_parser("make-base", help="the papers' start: a Qwen2-VL vision tower on a Qwen2 language model")
@@ -125,13 +126,15 @@ def main(argv=None) -> int:
 
             return run_command(args)
         if args.command == "prepare-model":
-            from .hook.prepare import prepare_model
-
+            from .hook.prepare import prepare_model, token_pixels
             from .video import VideoBudget
 
             budget = None
             if args.video_budget:
-                budget = VideoBudget(args.video_total_pixels, args.video_max_frame_pixels, args.video_min_frame_pixels)
+                tokens = VideoBudget.of_tokens(token_pixels(args.base))
+                budget = VideoBudget(args.video_total_pixels or tokens.total_pixels,
+                                     args.video_max_frame_pixels or tokens.max_frame_pixels,
+                                     args.video_min_frame_pixels or tokens.min_frame_pixels)
             out = prepare_model(args.base, args.out, _rope_from_args(args), copy=args.copy, video_budget=budget)
             print(f"hooked model written to {out}")
         elif args.command == "make-base":

@@ -33,6 +33,13 @@ class VideoBudget:
                 f"0 < min_frame_pixels <= max_frame_pixels"
             )
 
+    @classmethod
+    def of_tokens(cls, token_pixels: int, total: int = 8000, max_frame: int = 768, min_frame: int = 4) -> "VideoBudget":
+        """The authors' budget in visual tokens (8000 per video, 768 per frame, at least 4) for a model whose token
+        covers ``token_pixels`` pixels of a temporal patch: 28·28 for Qwen2-VL, 32·32 for Qwen3-VL (16-pixel
+        patches, 2×2 merge) — the same token counts, so a Qwen3-VL twin sees as many visual tokens per video."""
+        return cls(total * token_pixels, max_frame * token_pixels, min_frame * token_pixels)
+
     def frame_max_pixels(self, frames: int) -> int:
         """Pixel limit of each frame of a video with ``frames`` frames."""
         share = 2 * self.total_pixels // max(frames, 1)

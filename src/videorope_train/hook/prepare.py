@@ -1,4 +1,5 @@
-"""`prepare-model`: turn a stock Qwen2-VL directory into a hooked one (links, a config block, remote code)."""
+"""`prepare-model`: turn a stock Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory into a hooked one (links, a config
+block, remote code)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,18 @@ def _validate_base(config: dict, base: Path) -> None:
     scaled_inv_freq(RopeConfig("mrope"), head_dim=head_dim, mrope_section=section)  # raises on mismatch
 
 
+def token_pixels(base: str | Path) -> int:
+    """Pixels one visual token covers in ``base``'s vision tower: (patch_size · spatial_merge_size)²."""
+    path = Path(base) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a stock Qwen-VL model directory)")
+    vision = json.loads(path.read_text()).get("vision_config") or {}
+    patch, merge = vision.get("patch_size"), vision.get("spatial_merge_size")
+    if not patch or not merge:
+        raise ValueError(f"{base}/config.json: vision_config lacks patch_size or spatial_merge_size")
+    return (int(patch) * int(merge)) ** 2
+
+
 def _video_processor_files(base: Path, budget: VideoBudget) -> dict[str, dict]:
     """The processor config file to rewrite so that the budget-applying video processor is loaded.
 
@@ -146,7 +159,7 @@ def prepare_model(base: str | Path, out: str | Path, rope: RopeConfig, copy: boo
     base, out = Path(base).resolve(), Path(out)
     config_path = base / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist (expected a Qwen2-VL model directory)")
+        raise FileNotFoundError(f"{config_path} does not exist (expected a stock Qwen-VL model directory)")
     config = json.loads(config_path.read_text())
     family = family_of(config, base)
     _validate_base(config, base)

@@ -22,8 +22,12 @@ from ..video import VideoBudget
 
 
 class VideoBudgetMixin:
-    """Over a stock Qwen video processor whose ``_preprocess`` resizes within ``size`` (shortest/longest edge in
-    pixels per frame) and returns ``pixel_values_videos`` and ``video_grid_thw``."""
+    """Over a stock Qwen video processor whose ``_preprocess`` resizes within ``size`` and returns
+    ``pixel_values_videos`` and ``video_grid_thw``.  Qwen2-VL's ``size`` bounds one frame's pixels; Qwen3-VL's
+    bounds the whole video's (frames rounded up to whole temporal patches × frame pixels), so the per-frame limit
+    is multiplied by that frame count there (``size_counts_frames``)."""
+
+    size_counts_frames = False
 
     def __init__(self, video_budget: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -40,8 +44,10 @@ class VideoBudgetMixin:
         budget = VideoBudget(**self.video_budget)
         outputs = []
         for video in videos:  # [T, C, H, W]: each video by its own frame count
-            limit = budget.frame_max_pixels(video.shape[0])
-            video_size = SizeDict(shortest_edge=min(budget.min_frame_pixels, limit), longest_edge=limit)
+            frames = video.shape[0]
+            limit = budget.frame_max_pixels(frames)
+            scale = -(-frames // self.temporal_patch_size) * self.temporal_patch_size if self.size_counts_frames else 1
+            video_size = SizeDict(shortest_edge=min(budget.min_frame_pixels, limit) * scale, longest_edge=limit * scale)
             outputs.append(super()._preprocess([video], size=video_size, return_tensors=None, **kwargs))
         return BatchFeature(
             data={
@@ -58,3 +64,5 @@ class VideoRopeVideoProcessor(VideoBudgetMixin, Qwen2VLVideoProcessor):
 
 class VideoRopeQwen3VLVideoProcessor(VideoBudgetMixin, Qwen3VLVideoProcessor):
     """Qwen3-VL (its timestamps come from the processor's video metadata, which this does not change)."""
+
+    size_counts_frames = True
