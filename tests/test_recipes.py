@@ -18,6 +18,19 @@ INFER_RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p not in 
 CPU_OVERRIDES = {"bf16": False, "flash_attn": "sdpa"}
 VARIANT_RECIPES = {"mrope": "qwen2vl7b_mrope_full_sft.yaml", "vanilla": "qwen2vl7b_vanilla_full_sft.yaml",
                    "tad": "qwen2vl7b_tad_full_sft.yaml", "mrope-interleaved": "qwen2vl7b_mrope_interleaved_full_sft.yaml"}
+# The Qwen3-VL-8B twins of the authors' recipe, one per variant (videorope's is the reference of the others).
+QWEN3_RECIPES = {variant: f"qwen3vl8b_{variant.replace('-', '_')}_full_sft.yaml"
+                 for variant in ("videorope", "mrope-interleaved", "mrope", "tad", "vanilla")}
+# What the Qwen3-VL twin changes in the authors' recipe: the model, Qwen3-VL's 32-pixel tokens (the same 768-token
+# caps), its template, and room for its timestamp text (cutoff_len).
+QWEN3_CHANGES = {"model_name_or_path", "output_dir", "run_name", "image_max_pixels", "video_max_pixels", "template",
+                 "cutoff_len"}
+
+
+def family_of(recipe):
+    name = Path(recipe).name
+    return "qwen3_vl" if name.startswith(("qwen3vl", "tiny_qwen3vl")) else \
+        "qwen2_5_vl" if name.startswith("qwen25vl") else "qwen2_vl"
 
 
 def load(path):
@@ -26,8 +39,8 @@ def load(path):
 
 def test_there_are_recipes():
     names = {p.name for p in TRAIN_RECIPES}
-    assert {"videorope_sft.yaml", "tiny_cpu_sft.yaml", "qwen2vl7b_videorope_lora_sft.yaml",
-            "qwen25vl7b_videorope_full_sft.yaml", *VARIANT_RECIPES.values()} <= names
+    assert {"videorope_sft.yaml", "tiny_cpu_sft.yaml", "qwen2vl7b_videorope_lora_sft.yaml", "tiny_qwen3vl_cpu_sft.yaml",
+            "qwen25vl7b_videorope_full_sft.yaml", *VARIANT_RECIPES.values(), *QWEN3_RECIPES.values()} <= names
     assert [p.name for p in INFER_RECIPES] == ["qwen2vl7b_videorope_yarnv_infer.yaml"]
 
 
@@ -45,7 +58,7 @@ def test_train_recipe_parses_and_resolves(recipe, hooked_dir):
     if "deepspeed" in args:
         json.loads((REPO / args["deepspeed"]).read_text())
     model_args, data_args, training_args, finetuning_args, _ = _parse_train_args(
-        {**args, **CPU_OVERRIDES, "model_name_or_path": str(hooked_dir("videorope"))}
+        {**args, **CPU_OVERRIDES, "model_name_or_path": str(hooked_dir("videorope", family=family_of(recipe)))}
     )
     assert finetuning_args.freeze_vision_tower and finetuning_args.stage == "sft"
     assert model_args.trust_remote_code
@@ -80,10 +93,28 @@ def test_baselines_differ_only_in_the_model(variant):
     assert variant in recipe["model_name_or_path"] and variant in recipe["run_name"]
 
 
+@pytest.mark.parametrize("variant", sorted(QWEN3_RECIPES))
+def test_qwen3_recipes_are_the_authors_recipe_on_qwen3vl(variant):
+    reference = load(REPO / "recipes" / "videorope_sft.yaml")
+    recipe = load(REPO / "recipes" / QWEN3_RECIPES[variant])
+    differing = {key for key in set(reference) | set(recipe) if reference.get(key) != recipe.get(key)}
+    assert differing == QWEN3_CHANGES
+    assert recipe["template"] == "qwen3_vl_nothink" and recipe["image_max_pixels"] == 768 * 32 * 32
+    assert recipe["cutoff_len"] == reference["cutoff_len"] + 64 * 10  # 128 frames = 64 timestamps of <= 10 tokens
+    slug = "videorope-d2" if variant == "videorope" else variant
+    assert recipe["model_name_or_path"] == f"models/qwen3vl8b-{variant}" and recipe["run_name"] == f"qwen3vl8b-{slug}-128f-8k"
+    videorope = load(REPO / "recipes" / QWEN3_RECIPES["videorope"])
+    assert {k for k in set(videorope) | set(recipe) if videorope.get(k) != recipe.get(k)} <= {
+        "model_name_or_path", "output_dir", "run_name"}
+
+
 # The baselines' twins would repeat videorope_sft.yaml's (test_baselines_differ_only_in_the_model proves they differ
-# only in the model; every variant trains through LLaMA-Factory in test_train_cli.py), and tiny_cpu_sft.yaml is what
-# `make demo` and test_train_cli.py train: one tiny twin for each distinct recipe.
-TWINS = [p for p in TRAIN_RECIPES if p.name not in {*VARIANT_RECIPES.values(), "tiny_cpu_sft.yaml"}]
+# only in the model; every variant trains through LLaMA-Factory in test_train_cli.py), the Qwen3-VL baselines'
+# qwen3vl8b_videorope_full_sft.yaml's likewise, and tiny_cpu_sft.yaml / tiny_qwen3vl_cpu_sft.yaml are what `make demo`
+# and test_train_cli.py / test_resume.py train: one tiny twin for each distinct recipe.
+TWINS = [p for p in TRAIN_RECIPES if p.name not in {*VARIANT_RECIPES.values(), "tiny_cpu_sft.yaml",
+                                                     "tiny_qwen3vl_cpu_sft.yaml",
+                                                     *[QWEN3_RECIPES[v] for v in QWEN3_RECIPES if v != "videorope"]}]
 
 
 @pytest.mark.slow
@@ -91,7 +122,7 @@ TWINS = [p for p in TRAIN_RECIPES if p.name not in {*VARIANT_RECIPES.values(), "
 def test_tiny_twin_runs(recipe, hooked_dir, demo_dataset_dir, tmp_path):
     args = load(recipe)
     variant = next((v for v, name in VARIANT_RECIPES.items() if name == recipe.name), "videorope")
-    family = "qwen2_5_vl" if recipe.name.startswith("qwen25vl") else "qwen2_vl"
+    family = family_of(recipe)
     overrides = {
         **CPU_OVERRIDES,
         "model_name_or_path": hooked_dir(variant, family=family),

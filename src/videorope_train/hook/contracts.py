@@ -22,7 +22,8 @@ STOCK = {
         "Qwen2VLModel.forward",  # called with normalised positions and varlen kwargs
         "Qwen2VLModel.get_rope_index",  # overridden: same signature
         "Qwen2VLModel.compute_3d_position_ids",  # overridden
-        "Qwen2VLModel.get_image_features",  # called once for images and videos together
+        "Qwen2VLModel.get_image_features",  # called once for images and videos together; overridden (one pass)
+        "Qwen2VLModel.get_video_features",  # overridden: the joint pass's video part
         "Qwen2VLModel.get_placeholder_mask",  # called
         "Qwen2VLTextModel.forward",  # splits the [text; t; h; w] rows; hands kwargs to every layer
         "Qwen2VLForConditionalGeneration.prepare_inputs_for_generation",  # overridden
@@ -37,12 +38,31 @@ STOCK = {
         "Qwen2_5_VLModel.get_rope_index",
         "Qwen2_5_VLModel.compute_3d_position_ids",
         "Qwen2_5_VLModel.get_image_features",
+        "Qwen2_5_VLModel.get_video_features",
         "Qwen2_5_VLModel.get_placeholder_mask",
         "Qwen2_5_VLTextModel.forward",
         "Qwen2_5_VLForConditionalGeneration.prepare_inputs_for_generation",
         "Qwen2_5_VLForConditionalGeneration._prepare_position_ids_for_generation",
         "Qwen2_5_VLForConditionalGeneration._expand_inputs_for_generation",
         "Qwen2_5_VLForConditionalGeneration.__init__",
+    ],
+    "transformers.models.qwen3_vl.modeling_qwen3_vl": [
+        "apply_rotary_pos_emb",  # plain 1-D rotary of per-channel cos/sin: why stock attention can stay
+        "Qwen3VLTextAttention.forward",  # wrapped (attention_call_kwargs; no position_ids with varlen kwargs)
+        "Qwen3VLTextDecoderLayer.forward",  # hands position_ids and kwargs to attention
+        "Qwen3VLVisionAttention.forward",  # wrapped
+        "Qwen3VLTextModel.forward",  # splits the [text; t; h; w] rows; calls rotary_emb once; deepstack
+        "Qwen3VLTextModel._deepstack_process",  # adds the (split) deepstack features
+        "Qwen3VLModel.forward",  # called with normalised positions; takes features from get_*_features
+        "Qwen3VLModel.get_rope_index",  # overridden: same signature
+        "Qwen3VLModel.compute_3d_position_ids",  # overridden
+        "Qwen3VLModel.get_image_features",  # called once for images and videos together; overridden (one pass)
+        "Qwen3VLModel.get_video_features",  # overridden: the joint pass's video part
+        "Qwen3VLModel.get_placeholder_mask",  # called
+        "Qwen3VLForConditionalGeneration.prepare_inputs_for_generation",  # overridden
+        "Qwen3VLForConditionalGeneration._prepare_position_ids_for_generation",  # overridden
+        "Qwen3VLForConditionalGeneration._expand_inputs_for_generation",  # wrapped
+        "Qwen3VLForConditionalGeneration.__init__",  # replaced (the hooked model inside)
     ],
     "transformers.integrations.flash_attention": ["flash_attention_forward"],  # the s_aux guard (compat.py)
     "transformers.modeling_flash_attention_utils": ["_flash_attention_forward"],  # varlen kwargs, position_ids
