@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 TINY := work_dirs/tiny-qwen2vl
+TINY3 := work_dirs/tiny-qwen3vl
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 
@@ -21,7 +22,7 @@ NEWEST_TORCHVISION := 0.26.0
 TORCH_VENV := $(abspath work_dirs/torch-$(NEWEST_TORCH))
 TORCH_TESTS := $(HOOK_TESTS) tests/test_torch_flash_attn.py
 
-.PHONY: setup demo test test-fast test-newest test-torch-newest device-wheels clean
+.PHONY: setup demo demo-qwen3 test test-fast test-newest test-torch-newest device-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +39,13 @@ demo: setup
 	$(BIN)/videorope-train make-demo-data data
 	$(BIN)/llamafactory-cli train recipes/tiny_cpu_sft.yaml
 	@echo "checkpoint: work_dirs/tiny_cpu_sft"
+
+demo-qwen3: setup
+	$(BIN)/videorope-train make-tiny-model $(TINY3) --family qwen3_vl
+	$(BIN)/videorope-train prepare-model --base $(TINY3) --rope videorope --temporal-stride 2 --video-budget --out $(TINY3)-videorope
+	$(BIN)/videorope-train make-demo-data data
+	$(BIN)/llamafactory-cli train recipes/tiny_qwen3vl_cpu_sft.yaml
+	@echo "checkpoint: work_dirs/tiny_qwen3vl_cpu_sft"
 
 # Everything (what CI runs): the whole suite on two workers (pytest-xdist; one test file per worker at a time, so a
 # module's shared runs stay in one process), the 20 slowest tests listed, then the newest transformers and torch.

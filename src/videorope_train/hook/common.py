@@ -1,8 +1,8 @@
-"""The hook's family-agnostic parts (Qwen2-VL and Qwen2.5-VL share them): mixins over transformers' classes.
+"""The hook's family-agnostic parts (Qwen2-VL, Qwen2.5-VL and Qwen3-VL share them): mixins over transformers' classes.
 
 Written against the transformers releases of the support window (``hook/__init__.py`` SUPPORTED); what differs
-between them is in ``compat.py``, and the per-family files `qwen2_vl.py` and `qwen2_5_vl.py` are the only modules
-that touch transformers' model internals.  What changes against the stock models:
+between them is in ``compat.py``, and the per-family files (`qwen2_vl.py`, `qwen2_5_vl.py`, `qwen3_vl.py`) name the
+stock classes each family changes.  What changes against the stock models:
 
 - positions: ``get_rope_index`` / ``compute_3d_position_ids`` come from ``videorope_train.rope``; decoding with
   a KV cache uses p + rope_deltas (TAD: 2·p + rope_deltas) from the prefill of the *same* call;
@@ -11,6 +11,7 @@ that touch transformers' model internals.  What changes against the stock models
 - packing: a 4-row ``[text; t; h; w]`` position tensor gets a sequence-local text row, so VideoRoPE's
   jumps are never read as sequence boundaries; with flash attention and no padding mask, the varlen boundaries
   (cu_seqlens, longest sequence) are computed from it once per forward and handed to every layer;
+- one vision pass: images and videos of a batch go through the tower in one call (ZeRO-3);
 - flash attention: release-specific fixes from ``compat.py`` reach every attention call, vision tower included.
 
 Nothing global is patched: two models with different variants can live in one process.
