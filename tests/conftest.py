@@ -83,7 +83,7 @@ def monkeypatch_module():
         yield patch
 
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # every family the hook serves; tests parametrise over it
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # every family the hook serves; tests parametrise over it
 
 
 @pytest.fixture(scope="session")

@@ -86,24 +86,25 @@ def test_mrope_hook_equals_stock_qwen2vl(hooked_dir, tiny_base):
     assert not torch.allclose(videorope, ours, atol=1e-4)  # the variant really changes the model
 
 
-def test_interleaved_mrope_hook_equals_stock_qwen3vl(hooked_dir):
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
+def test_interleaved_mrope_hook_equals_stock_qwen3vl(hooked_dir, family):
     """Stock Qwen3-VL places its positions itself (from the processor's mm_token_type_ids) and interleaves the
     frequencies; the hooked mrope-interleaved model must give its logits on a left-padded mixed batch, where the
     video is a block per temporal patch with timestamp text between.  fp32: differences are summation order only."""
     from transformers import AutoModelForImageTextToText
 
-    path = hooked_dir("mrope-interleaved", family="qwen3_vl")
+    path = hooked_dir("mrope-interleaved", family=family)
     hooked = load_hooked(path)
     stock = AutoModelForImageTextToText.from_pretrained((path / "model.safetensors").resolve().parent).eval()
-    assert type(stock).__module__.startswith("transformers.models.qwen3_vl")
+    assert type(stock).__module__ == f"transformers.models.{family}.modeling_{family}"
     inputs = make_inputs(path, MIXED)
     assert "mm_token_type_ids" in inputs and inputs["video_grid_thw"][0, 0] > 1
     valid = inputs["attention_mask"].bool()
     with torch.no_grad():
         ours = hooked(**inputs).logits
         theirs = stock(**inputs).logits
-        chunked = load_hooked(hooked_dir("mrope", family="qwen3_vl"))(**inputs).logits
-        videorope = load_hooked(hooked_dir("videorope", family="qwen3_vl"))(**inputs).logits
+        chunked = load_hooked(hooked_dir("mrope", family=family))(**inputs).logits
+        videorope = load_hooked(hooked_dir("videorope", family=family))(**inputs).logits
     torch.testing.assert_close(ours[valid], theirs[valid], rtol=1e-5, atol=1e-5)
     for other in (chunked, videorope):  # the frequency allocation and the layout really change the model
         assert not torch.allclose(other[valid], ours[valid], atol=1e-4)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny_cpu_sft.yaml"
-RECIPES = {"qwen2_vl": RECIPE, "qwen3_vl": REPO / "recipes" / "tiny_qwen3vl_cpu_sft.yaml"}  # the tiny twins
+RECIPES = {"qwen2_vl": RECIPE, "qwen3_vl": REPO / "recipes" / "tiny_qwen3vl_cpu_sft.yaml",
+           "qwen3_vl_moe": REPO / "recipes" / "tiny_qwen3vl_cpu_sft.yaml"}  # the tiny twins (MoE: Qwen3-VL's template)
 BIN = Path(sys.executable).parent
 
 
@@ -109,11 +110,11 @@ def test_positions_seen_in_training_are_the_variants(hooked_dir, dataset_dir, tm
         assert position_ids.shape[0] == 4  # [text; t; h; w] from the collator
         samples = reference_batch_rows(variant, config, batch["input_ids"], batch["attention_mask"],
                                        batch.get("image_grid_thw"), batch.get("video_grid_thw"),
-                                       stride=cfg.temporal_stride, frame_blocks=family == "qwen3_vl")
+                                       stride=cfg.temporal_stride, frame_blocks=family.startswith("qwen3_vl"))
         for row, (valid, expected, _) in enumerate(samples):  # the independent per-token table
             assert torch.equal(position_ids[1:, row][:, valid].to(torch.float64), expected), f"sample {row}"
         video = batch.get("video_grid_thw")
-        if video is not None and family == "qwen3_vl":  # one vision start per temporal patch (and per image)
+        if video is not None and family.startswith("qwen3_vl"):  # one vision start per temporal patch (and per image)
             images = 0 if batch.get("image_grid_thw") is None else batch["image_grid_thw"].shape[0]
             starts = int((batch["input_ids"] == config["vision_start_token_id"]).sum())
             assert starts == int(video[:, 0].sum()) + images and int(video[:, 0].max()) > 1

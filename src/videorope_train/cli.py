@@ -61,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny-model", help="write a random tiny Qwen2-VL, Qwen2.5-VL or Qwen3-VL (offline)")
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--family", choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), default="qwen2_vl")
+    tiny.add_argument("--family", choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"), default="qwen2_vl")
     tiny.add_argument("--hidden-size", type=int, default=64)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--heads", type=int, default=4)
     tiny.add_argument("--kv-heads", type=int, default=2)
     tiny.add_argument("--mrope-section", type=int, nargs=3, default=None,
-                      help="sums to head_dim / 2 (default: 2 3 3; qwen3_vl: 4 2 2)")
+                      help="sums to head_dim / 2 (default: 2 3 3; qwen3_vl*: 4 2 2)")
 
     plan = commands.add_parser("launch-plan", help="shell lines a launcher evaluates before llamafactory-cli")
     plan.add_argument("recipe")

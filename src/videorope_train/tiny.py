@@ -52,7 +52,7 @@ _CORPUS = [
 ]
 
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def build_tokenizer(vocab_size: int = 512):
@@ -93,8 +93,9 @@ def make_tiny_model(
     seed: int = 0,
     family: str = "qwen2_vl",
 ) -> Path:
-    """Write a random Qwen2-VL (``family="qwen2_vl"``), Qwen2.5-VL (``"qwen2_5_vl"``) or Qwen3-VL (``"qwen3_vl"``,
-    dense, with deepstack and q/k norms), stock and un-hooked, to ``out``; returns the path.
+    """Write a random Qwen2-VL (``family="qwen2_vl"``), Qwen2.5-VL (``"qwen2_5_vl"``), Qwen3-VL (``"qwen3_vl"``,
+    with deepstack and q/k norms) or Qwen3-VL-MoE (``"qwen3_vl_moe"``: 4 experts, 2 per token), stock and un-hooked,
+    to ``out``; returns the path.
 
     head_dim = hidden_size / num_heads; ``mrope_section`` sums to head_dim / 2 (default: Qwen2-VL's proportions
     (2, 3, 3), Qwen3-VL's time-first (4, 2, 2), as (16, 24, 24) and (24, 20, 20) of the real models).
@@ -115,7 +116,7 @@ def make_tiny_model(
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     qwen25 = family == "qwen2_5_vl"
     if mrope_section is None:
-        mrope_section = (4, 2, 2) if family == "qwen3_vl" else (2, 3, 3)
+        mrope_section = (4, 2, 2) if family.startswith("qwen3_vl") else (2, 3, 3)
 
     head_dim = hidden_size // num_heads
     if sum(mrope_section) * 2 != head_dim:
@@ -125,9 +126,9 @@ def make_tiny_model(
 
     tokenizer = build_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL_TOKENS}
-    if family == "qwen3_vl":
+    if family.startswith("qwen3_vl"):
         return _make_tiny_qwen3_vl(out, tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads,
-                                   mrope_section, rope_theta, seed)
+                                   mrope_section, rope_theta, seed, moe=family == "qwen3_vl_moe")
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)  # small images → few visual tokens
     image_processor = Qwen2VLImageProcessor(**pixels)
     video_processor = Qwen2VLVideoProcessor(**pixels)
@@ -173,12 +174,14 @@ def make_tiny_model(
 
 
 def _make_tiny_qwen3_vl(out: Path, tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads, mrope_section,
-                        rope_theta, seed) -> Path:
+                        rope_theta, seed, moe=False) -> Path:
     """Qwen3-VL: 16-pixel patches, a learned position table in the tower, deepstack features from both tower
-    blocks into the first two language layers, q/k norms, an explicit head_dim, interleaved M-RoPE."""
+    blocks into the first two language layers, q/k norms, an explicit head_dim, interleaved M-RoPE; ``moe``: every
+    language layer's MLP is 4 experts, 2 per token (Qwen3-VL-MoE)."""
     import torch
     from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+                              Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor,
+                              Qwen3VLVideoProcessor)
 
     size = {"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}  # small frames → few visual tokens
     processor = Qwen3VLProcessor(
@@ -188,8 +191,10 @@ def _make_tiny_qwen3_vl(out: Path, tokenizer, ids, hidden_size, num_layers, num_
         video_processor=Qwen3VLVideoProcessor(size=size),
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
-    config = Qwen3VLConfig(
+    experts = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size, decoder_sparse_step=1)
+    config = (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
         text_config=dict(
+            **(experts if moe else {}),
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
             intermediate_size=hidden_size * 2,
@@ -214,6 +219,6 @@ def _make_tiny_qwen3_vl(out: Path, tokenizer, ids, hidden_size, num_layers, num_
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    Qwen3VLForConditionalGeneration(config).save_pretrained(out)
+    (Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration)(config).save_pretrained(out)
     processor.save_pretrained(out)
     return out

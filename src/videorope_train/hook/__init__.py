@@ -1,4 +1,4 @@
-"""The Qwen2-VL / Qwen2.5-VL / Qwen3-VL hook: loading a prepared model directory with `trust_remote_code=True` runs these classes.
+"""The Qwen2-VL / Qwen2.5-VL / Qwen3-VL (dense and MoE) hook: loading a prepared model directory with `trust_remote_code=True` runs these classes.
 
 Supported versions are checked here, at import, so an unsupported stack fails before any compute is spent.
 Importing the hook changes nothing global (no transformers table or function is patched); the remote code of a
@@ -56,6 +56,11 @@ from .qwen3_vl import (  # noqa: E402
     VideoRopeQwen3VLForConditionalGeneration,
     VideoRopeQwen3VLModel,
 )
+from .qwen3_vl_moe import (  # noqa: E402
+    VideoRopeQwen3VLMoeConfig,
+    VideoRopeQwen3VLMoeForConditionalGeneration,
+    VideoRopeQwen3VLMoeModel,
+)
 
 __all__ = [
     "CONFIG_KEY",
@@ -68,6 +73,9 @@ __all__ = [
     "VideoRopeQwen3VLConfig",
     "VideoRopeQwen3VLForConditionalGeneration",
     "VideoRopeQwen3VLModel",
+    "VideoRopeQwen3VLMoeConfig",
+    "VideoRopeQwen3VLMoeForConditionalGeneration",
+    "VideoRopeQwen3VLMoeModel",
     "check_versions",
     "rope_config_of",
 ]

@@ -64,6 +64,24 @@ STOCK = {
         "Qwen3VLForConditionalGeneration._expand_inputs_for_generation",  # wrapped
         "Qwen3VLForConditionalGeneration.__init__",  # replaced (the hooked model inside)
     ],
+    "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe": [
+        "apply_rotary_pos_emb",
+        "Qwen3VLMoeTextAttention.forward",
+        "Qwen3VLMoeTextDecoderLayer.forward",
+        "Qwen3VLMoeVisionAttention.forward",
+        "Qwen3VLMoeTextModel.forward",
+        "Qwen3VLMoeTextModel._deepstack_process",
+        "Qwen3VLMoeModel.forward",
+        "Qwen3VLMoeModel.get_rope_index",
+        "Qwen3VLMoeModel.compute_3d_position_ids",
+        "Qwen3VLMoeModel.get_image_features",
+        "Qwen3VLMoeModel.get_video_features",
+        "Qwen3VLMoeModel.get_placeholder_mask",
+        "Qwen3VLMoeForConditionalGeneration.prepare_inputs_for_generation",
+        "Qwen3VLMoeForConditionalGeneration._prepare_position_ids_for_generation",
+        "Qwen3VLMoeForConditionalGeneration._expand_inputs_for_generation",
+        "Qwen3VLMoeForConditionalGeneration.__init__",
+    ],
     "transformers.integrations.flash_attention": ["flash_attention_forward"],  # the s_aux guard (compat.py)
     "transformers.modeling_flash_attention_utils": ["_flash_attention_forward"],  # varlen kwargs, position_ids
     "transformers.core_model_loading": ["rename_source_key"],  # Hub-layout keys on resume (compat.py)

@@ -80,7 +80,9 @@ FAMILIES = {
     family.model_type: family
     for family in (Family("qwen2_vl", "qwen2_vl", "VideoRopeQwen2VL"),
                    Family("qwen2_5_vl", "qwen2_5_vl", "VideoRopeQwen2_5_VL"),
-                   Family("qwen3_vl", "qwen3_vl", "VideoRopeQwen3VL", "VideoRopeQwen3VLVideoProcessor", "mrope-interleaved"))
+                   Family("qwen3_vl", "qwen3_vl", "VideoRopeQwen3VL", "VideoRopeQwen3VLVideoProcessor", "mrope-interleaved"),
+                   Family("qwen3_vl_moe", "qwen3_vl_moe", "VideoRopeQwen3VLMoe", "VideoRopeQwen3VLVideoProcessor",
+                          "mrope-interleaved"))
 }
 
 

@@ -26,11 +26,18 @@ class VideoRopeQwen3VLConfig(VideoRopeConfigMixin, Qwen3VLConfig):
     pass
 
 
-class VideoRopeQwen3VLTextAttention(FlashSafeAttentionMixin, stock.Qwen3VLTextAttention):
+class StockRotaryAttentionMixin(FlashSafeAttentionMixin):
+    """Stock attention that applies plain rotary to the model's cos/sin; with the model's varlen boundaries in the
+    kwargs it drops the text positions, so flash-attn does not re-derive the boundaries in every layer."""
+
     def forward(self, *args, **kwargs):
-        if "cu_seq_lens_q" in kwargs:  # varlen boundaries from the model: flash-attn need not re-derive them per layer
+        if "cu_seq_lens_q" in kwargs:
             kwargs["position_ids"] = None
         return super().forward(*args, **kwargs)
+
+
+class VideoRopeQwen3VLTextAttention(StockRotaryAttentionMixin, stock.Qwen3VLTextAttention):
+    pass
 
 
 class VideoRopeQwen3VLVisionAttention(FlashSafeAttentionMixin, stock.Qwen3VLVisionAttention):
