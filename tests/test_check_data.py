@@ -56,12 +56,15 @@ def test_check_data_reports_each_problem(hooked_dir, broken_dataset, tmp_path):
     assert "corrupt" in result.stdout and "training would crash" in result.stdout
 
 
-def test_clean_dataset_passes(hooked_dir, demo_dataset_dir, tmp_path):
-    """In this process (workers=0; the CLI and its worker pool run in the test above): every demo sample is ok."""
+@pytest.mark.parametrize("family, recipe", [("qwen2_vl", "recipes/tiny_cpu_sft.yaml"),
+                                            ("qwen3_vl", "recipes/tiny_qwen3vl_cpu_sft.yaml")])
+def test_clean_dataset_passes(hooked_dir, demo_dataset_dir, tmp_path, family, recipe):
+    """In this process (workers=0; the CLI and its worker pool run in the test above): every demo sample is ok —
+    Qwen3-VL's too, whose timestamps LLaMA-Factory writes from the decoded video's metadata."""
     from videorope_train.data.check import check_data
 
-    report = check_data("recipes/tiny_cpu_sft.yaml", overrides=[f"model_name_or_path={hooked_dir('videorope')}",
-                                                                f"dataset_dir={demo_dataset_dir}"],
+    model = hooked_dir("videorope", family=family)
+    report = check_data(recipe, overrides=[f"model_name_or_path={model}", f"dataset_dir={demo_dataset_dir}"],
                         out=tmp_path / "r", workers=0)
     samples = json.loads((demo_dataset_dir / "videorope_demo.json").read_text())
     assert report["samples"] == len(samples) and report["counts"]["ok"] == len(samples)

@@ -62,7 +62,7 @@ def _decode_once(plugin) -> None:
 
     A sample is decoded here to catch corrupt files, and again inside LLaMA-Factory's token counting (fully,
     when the video processor applies a per-video budget); LLaVA-Video also has ~9 QA per video.  Only the
-    grids are kept for repeats — all that token counting reads.
+    grids (and Qwen3-VL's video metadata, its timestamps) are kept for repeats — all that token counting reads.
     """
     decode, cache = plugin._get_mm_inputs, {}
 
@@ -71,7 +71,7 @@ def _decode_once(plugin) -> None:
         if key not in cache:
             try:
                 cache[key] = {k: v for k, v in decode(images, videos, audios, processor).items()
-                              if k.endswith("grid_thw")}
+                              if k.endswith("grid_thw") or k == "video_metadata"}  # Qwen3-VL's timestamps read it
             except Exception as error:  # corrupt media: remembered, re-raised for every sample using it
                 cache[key] = error
         if isinstance(cache[key], Exception):
