@@ -44,8 +44,8 @@ def run_cli(*args, env=None, timeout=900):
     return result
 
 
-def train(model_dir, dataset_dir, output_dir, *overrides, env=None):
-    run_cli("train", RECIPE, f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}",
+def train(model_dir, dataset_dir, output_dir, *overrides, env=None, recipe=RECIPE):
+    run_cli("train", recipe, f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}",
             f"output_dir={output_dir}", *overrides, env=env)
     losses = [json.loads(line)["loss"] for line in (output_dir / "trainer_log.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import SITE
 from rope_reference import reference_batch_rows
-from test_train_cli import train
+from test_train_cli import RECIPES, train
 
 pytestmark = pytest.mark.slow  # end-to-end launches: not in `make test-fast`
 
@@ -32,10 +32,11 @@ def fa2_env(tmp_path, **extra):
             "FLASH_ATTN_CPU": "1", "FLASH_ATTN_CALLS_REPORT": str(tmp_path / "kernel"), **extra}
 
 
-def test_fa2_bf16_neat_packing(hooked_dir, demo_dataset_dir, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_fa2_bf16_neat_packing(hooked_dir, demo_dataset_dir, tmp_path, family):
     out = tmp_path / "fa2-packed"
-    train(hooked_dir("videorope"), demo_dataset_dir, out, *FA2, "packing=true", "neat_packing=true",
-          "cutoff_len=512", "per_device_train_batch_size=1", env=fa2_env(tmp_path))
+    train(hooked_dir("videorope", family=family), demo_dataset_dir, out, *FA2, "packing=true", "neat_packing=true",
+          "cutoff_len=512", "per_device_train_batch_size=1", env=fa2_env(tmp_path), recipe=RECIPES[family])
     calls = kernel_calls(tmp_path / "kernel")
     # the packed rows really went through flash-attn, in bf16 (the stand-in refuses float32 as the kernel does)
     assert calls.get("flash_attn_varlen_func", 0) > 0, calls
