@@ -333,7 +333,8 @@ def test_vniah_and_vruler_end_to_end_and_the_stock_pair_agrees(dirs, loaded, vni
         out = tmp_path / name
         summary = V.run_vniah(loaded(name), haystack, needles_json, out / "vniah", settings, progress=False)
         assert summary["complete"] and summary["computed_cells"] == 6 and summary["task"] == "vniah-d"
-        assert summary["tokens_per_frame"] == 4 and summary["rope"]["variant"] == loaded(name).rope.variant
+        assert summary["tokens_per_frame"] == 4
+        assert summary["rope"]["variant"] == {"stock": "mrope-interleaved"}.get(name, name)  # stock: interleaved
         ruler = run_vruler(loaded(name), haystack, tasks, out / "vruler", settings, progress=False)
         assert ruler["complete"] and set(ruler["subtasks"]) == set(tasks)
         runs[name] = {k: {key: v for key, v in cell.items() if key != "model"} for k, cell in cells(out).items()}
@@ -381,3 +382,12 @@ def test_stack_decoding_equals_the_models_own_generate(loaded, tmp_path, name):
         got_logits.append(logits)
     if len(got_logits) == 2:
         torch.testing.assert_close(got_logits[0], got_logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_memory_plan_counts_a_block_per_frame(dirs):
+    """--plan reads config.json only: 4 tokens per 64x64 frame, and on Qwen3-VL about 10 more per frame for its
+    block (its time, start and end)."""
+    settings = V.VNIAHSettings(min_frames=100, max_frames=300, frame_interval=100, frame_size=SIZE, task="vniah")
+    for name in ("stock", "videorope"):
+        rows = V.memory_plan(dirs[name], settings)
+        assert [r["tokens"] for r in rows] == [(n + 1) * (4 + 10) + 100 for n in (100, 200, 300)]
