@@ -19,8 +19,8 @@ import math
 import os
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
