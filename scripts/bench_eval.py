@@ -237,7 +237,8 @@ def main(argv=None) -> int:
                    for seconds in args.durations])
         rows = []
         for context in args.contexts:
-            floor = args.min_frame_tokens * 28 * 28 if args.min_frame_tokens else None
+            token_pixels = loaded.geometry.token_pixels  # 28 * 28 (Qwen2-VL), 32 * 32 (Qwen3-VL)
+            floor = args.min_frame_tokens * token_pixels if args.min_frame_tokens else None
             backend = VideoRope(pretrained=loaded, context=context, min_frame_pixels=floor)
             for seconds, video in videos:
                 if seconds is None:

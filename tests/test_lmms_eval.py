@@ -252,13 +252,13 @@ def test_the_next_requests_video_is_read_while_this_one_generates(backend, tmp_p
     from videorope_train.eval import video
 
     reads, b_started = [], threading.Event()
-    real_frames = video.video_frames
+    real_read = video.read_video
 
     def spy(path, *args):
         reads.append((path, threading.current_thread().name))
         if path == video_b:
             b_started.set()
-        return real_frames(path, *args)
+        return real_read(path, *args)
 
     generate, calls = backend.model.generate, []
 
@@ -273,7 +273,7 @@ def test_the_next_requests_video_is_read_while_this_one_generates(backend, tmp_p
     expected = [backend._generate(f"Q{i}?", [doc["video"]], gen) for i, doc in enumerate(docs)]
     monkeypatch.setattr(backend, "task_dict", {"t": {"test": docs}})
     backend.videos.last = None
-    monkeypatch.setattr(video, "video_frames", spy)
+    monkeypatch.setattr(video, "read_video", spy)
     monkeypatch.setattr(backend.model, "generate", generate_waiting_for_b)
     visual = lambda doc: [doc["video"]]  # noqa: E731
     answers = backend.generate_until([_Request(f"Q{i}?", dict(gen), visual, i, "t", "test") for i in range(3)])

@@ -36,7 +36,8 @@ def _add_harness_arguments(parser: argparse.ArgumentParser, needles: bool = True
     parser.add_argument("--frame-interval", type=int, default=200)
     parser.add_argument("--depth-interval", type=float, default=0.2)
     parser.add_argument("--frame-size", type=_size, default=(252, 448),
-                        help="HxW every frame and needle is resized to (default 252x448: 144 tokens/frame)")
+                        help="HxW every frame and needle is resized to (default 252x448: 144 tokens/frame on "
+                             "Qwen2-VL; Qwen3-VL takes multiples of 32: 288x512 for 144)")
     parser.add_argument("--distractor-gap", type=int, default=200, help="haystack frames between needle and distractor")
     parser.add_argument("--haystack-fps", type=float, default=None,
                         help="sample the haystack at this rate from the start (papers: 1); "
@@ -63,7 +64,8 @@ def add_commands(commands) -> None:
     sub = evaluate.add_subparsers(dest="eval_command", required=True)
 
     vniah = sub.add_parser("vniah", help="V-NIAH / V-NIAH-D for one checkpoint (resumable)")
-    vniah.add_argument("--model", required=True, help="model directory (hooked or stock Qwen2-VL)")
+    vniah.add_argument("--model", required=True,
+                       help="model directory (hooked or stock Qwen2-VL, Qwen2.5-VL or Qwen3-VL)")
     vniah.add_argument("--out", required=True, help="result directory: cells/, summary.json, heatmap.png, cache/")
     vniah.add_argument("--name", default=None, help="run name shown in the heatmap title")
     vniah.add_argument("--plan", action="store_true",
@@ -81,7 +83,8 @@ def add_commands(commands) -> None:
     compare.add_argument("--out", required=True, help="PNG to write")
 
     ruler = sub.add_parser("vruler", help="V-RULER (VideoRoPE++): mkmv, counting, ordering, vniah-d (resumable)")
-    ruler.add_argument("--model", required=True, help="model directory (hooked or stock Qwen2-VL)")
+    ruler.add_argument("--model", required=True,
+                       help="model directory (hooked or stock Qwen2-VL, Qwen2.5-VL or Qwen3-VL)")
     ruler.add_argument("--subtask", default=[], action="append", metavar="NAME=RECORDS_JSON",
                        help="a subtask (mkmv, counting, ordering, vniah-d) and its records in the authors' format "
                             "(their videorope_plus/v_ruler/data/*.json); repeat for several")

@@ -30,10 +30,13 @@ def vision_fingerprint(model: torch.nn.Module) -> str:
 @torch.inference_mode()
 def encode_frames(lm: LoadedModel, frames, frame_size: Tuple[int, int], batch: int = 32,
                   progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """Vision-tower embeddings [n, tokens_per_frame, D] (CPU, model dtype) of uint8 frames [n, H, W, 3].
+    """Vision-tower embeddings [n, tokens_per_frame, D·(1 + K)] (CPU, model dtype) of uint8 frames [n, H, W, 3].
 
     Each frame is one image (T = 1) at exactly ``frame_size`` through the checkpoint's image processor and
-    ``get_image_features`` — what the model's own image path computes for it.
+    ``get_image_features`` — what the model's own image path computes for it.  A token's row is the tower's output
+    (D, the language model's width) followed by its K deepstack features (Qwen3-VL: what the first K language layers
+    add at that token; K = 0 for Qwen2-VL), so a frame is moved about, spliced and cached as one tensor whatever the
+    family (``spliced.split_deepstack`` separates them).
     """
     grid_h, grid_w, tokens = lm.patch_grid(frame_size)
     height, width = frame_size
@@ -47,8 +50,10 @@ def encode_frames(lm: LoadedModel, frames, frame_size: Tuple[int, int], batch: i
             raise ValueError(f"the image processor resized {height}x{width} frames to grid {grid[0].tolist()}")
         device = lm.vision_device
         pixels = inputs["pixel_values"].to(device)
-        features = lm.model.model.get_image_features(pixels, image_grid_thw=grid.to(device)).pooler_output
-        outputs.append(torch.stack([f.reshape(tokens, -1) for f in features]).cpu())
+        output = lm.model.model.get_image_features(pixels, image_grid_thw=grid.to(device))
+        rows = torch.cat([torch.cat(list(output.pooler_output)), *(getattr(output, "deepstack_features", None) or [])],
+                         dim=-1)
+        outputs.append(rows.reshape(len(chunk), tokens, -1).cpu())
         if progress is not None:
             progress(len(chunk))
     return torch.cat(outputs)

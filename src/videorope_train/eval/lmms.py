@@ -1,11 +1,13 @@
-"""lmms-eval backend for hooked checkpoints: ``python -m lmms_eval --model videorope --model_args pretrained=DIR``.
+"""lmms-eval backend: ``python -m lmms_eval --model videorope --model_args pretrained=DIR`` for a hooked (or stock)
+Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint.
 
 Registered through the entry point ``lmms_eval.models`` -> ``videorope`` (pyproject.toml, ``lmms_entry.py``). The checkpoint loads
 through its own remote code (``load_model``), so its RoPE variant, δ and extrapolation (YaRN-V, ...) are the ones
 used; lmms-eval's own ``qwen2_vl`` model would load it with the stock class and random weights (README).
 
-Video input follows the authors' evaluation (``eval/video.py``: 2 fps, the per-video pixel budget of the context,
-the frame floor and cap), greedy decoding. ``context=8k|16k|32k|64k`` picks the papers' four settings (8192, 16384,
+Video input follows the authors' evaluation (``eval/video.py``: 2 fps, the per-video budget of the context in the
+checkpoint's visual tokens, the frame floor and cap; Qwen3-VL's prompt carries each temporal patch's time from the
+sampled frames' times), greedy decoding. ``context=8k|16k|32k|64k`` picks the papers' four settings (8192, 16384,
 32768, 64000 tokens), or give a number of tokens; ``frames``, ``fps``, ``total_pixels``, ``min_frame_pixels`` and
 ``max_frame_pixels`` override single values.  Bad arguments and a missing checkpoint fail before the model loads;
 a missing or undecodable video fails before anything is generated, named with every other one.
@@ -27,7 +29,8 @@ def _lmms_base():
 
 
 class VideoRope(_lmms_base()):
-    """A hooked Qwen2-VL / Qwen2.5-VL checkpoint in lmms-eval (generation tasks; one sample at a time)."""
+    """A hooked (or stock) Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint in lmms-eval (generation tasks; one sample at
+    a time)."""
 
     is_simple = True
 
@@ -43,13 +46,15 @@ class VideoRope(_lmms_base()):
                              "attn_implementation, system_prompt, max_new_tokens")
         if int(batch_size) != 1:
             raise ValueError("videorope: batch_size must be 1 (long videos; one sample fills the context)")
-        budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)  # bad values: before loading
+        video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels)  # bad values: before loading
         from .model import LoadedModel, load_model
 
         # an already loaded model serves several presets (scripts/bench_eval.py); lmms-eval passes a directory
         self.loaded = pretrained if isinstance(pretrained, LoadedModel) else load_model(
             pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
-        self.videos = VideoReader(budget, fps, int(frames) if frames else None)
+        geometry = self.loaded.geometry  # the budget is in the checkpoint's visual tokens
+        budget = video_budget(context, total_pixels, min_frame_pixels, max_frame_pixels, geometry.token_pixels)
+        self.videos = VideoReader(budget, fps, int(frames) if frames else None, geometry)
         self.system_prompt, self.max_new_tokens = system_prompt, int(max_new_tokens)
 
     def _reading_ahead(self, requests, visuals_of):
@@ -114,8 +119,10 @@ class VideoRope(_lmms_base()):
             {"role": "user", "content": content}]
         prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         kwargs = {"text": [prompt], "return_tensors": "pt"}
-        if videos:  # frames are already at their final size (multiples of 28): no second resize
-            kwargs.update(videos=videos, videos_kwargs={"do_resize": False, "do_sample_frames": False})
+        if videos:  # frames are already at their final size (the checkpoint's multiples): no second resize
+            kwargs.update(videos=[video.frames for video in videos], videos_kwargs={
+                "do_resize": False, "do_sample_frames": False,
+                "video_metadata": [video.metadata() for video in videos]})  # Qwen3-VL's timestamps
         if images:
             kwargs["images"] = images
         return processor(**kwargs).to(self.device)
@@ -194,6 +201,8 @@ class VideoRope(_lmms_base()):
         full = dict(inputs)
         full["input_ids"] = torch.cat([inputs["input_ids"], ids], dim=1)
         full["attention_mask"] = torch.ones_like(full["input_ids"])
+        if "mm_token_type_ids" in full:  # text: type 0 (stock Qwen3-VL places its positions by these)
+            full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], dim=1)
         logits = self.model(**full, logits_to_keep=len(target) + 1).logits[0, :-1].float()
         log_probs = logits.log_softmax(-1).gather(-1, ids[0, :, None])[:, 0]
         return float(log_probs.sum()), bool((logits.argmax(-1) == ids[0]).all())

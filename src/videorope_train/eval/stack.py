@@ -2,7 +2,8 @@
 
 As the authors' ``eval_v_ruler_lengthy_multimodal_stack.py``: records in LongVideoBench's format (``video_path``,
 ``question``, ``candidates``, ``correct_choice``); the video at 2 fps within a fixed visual budget (32,768 tokens'
-worth of pixels by default, each frame at least 144 tokens); the filler ``"This is noise text, please ignore it."``
+worth of pixels by default, each frame at least 144 tokens, a token being the checkpoint's 28×28 or 32×32 pixels;
+Qwen3-VL's prompt carries each temporal patch's time); the filler ``"This is noise text, please ignore it."``
 repeated ⌊(context − video budget) / its token count⌋ times, ⌊n·(1 − d)⌋ copies before the video and ⌊n·d⌋ after
 it (depth 0: the video right before the question; 1: at the very start); the question as ``"Question: …\\nOptions:
 \\n(A) …"``; greedy decoding. Scored by the first option letter in the answer against ``correct_choice`` (the
@@ -24,9 +25,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..rope import RopeConfig
-from ..video import TOKEN_PIXELS, VideoBudget
+from ..video import VideoBudget
 from .model import LoadedModel, load_model
 from .results import CellGrid, model_identity
+from .spliced import Deepstack, language_forward
 
 NOISE = "This is noise text, please ignore it."
 VIDEO_TOKENS = 32768  # the authors' visual budget for the stacked video
@@ -90,16 +92,18 @@ def answer_letter(text: str) -> Optional[str]:
 def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Optional[int] = None
                   ) -> Tuple[List[int], torch.Tensor]:
     """Greedy tokens after the prompt and the logits [tokens, vocab] (float32) each was chosen from: chunked prefill of
-    the spliced embeddings with the checkpoint's positions, then one token at a time with the KV cache (positions
-    continue from the prompt's last one by the variant's step)."""
+    the spliced embeddings (with Qwen3-VL's deepstack features) with the checkpoint's positions, then one token at a
+    time with the KV cache (positions continue from the prompt's last one by the variant's step)."""
     model, device = lm.model, lm.input_device
     input_ids = inputs["input_ids"].to(device)
     grid = inputs["video_grid_thw"].to(device)
     embeds = model.get_input_embeddings()(input_ids)
     features = model.model.get_video_features(inputs["pixel_values_videos"].to(lm.vision_device), grid)
     video = torch.cat(list(features.pooler_output)).to(device, embeds.dtype)
-    mask = (input_ids == lm.config.video_token_id).unsqueeze(-1).expand_as(embeds)
-    embeds = embeds.masked_scatter(mask, video)
+    visual = input_ids == lm.config.video_token_id
+    embeds = embeds.masked_scatter(visual.unsqueeze(-1).expand_as(embeds), video)
+    deepstack = getattr(features, "deepstack_features", None)
+    deepstack = Deepstack(visual, [f.to(device) for f in deepstack]) if deepstack else None
     positions = lm.positions(input_ids, grid).to(device)
     rope = getattr(model, "rope", None)
     length = embeds.shape[1]
@@ -108,8 +112,10 @@ def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Opti
         raise ValueError("chunked prefill cannot be used with 'dynamic' extrapolation; drop the chunk size")
     cache, out = None, None
     for start in range(0, length, step):
-        out = model(inputs_embeds=embeds[:, start:start + step], position_ids=positions[..., start:start + step],
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        end = min(start + step, length)
+        out = language_forward(model, embeds[:, start:end], positions[..., start:end],
+                               None if deepstack is None else deepstack.window(start, end), 1, past_key_values=cache,
+                               use_cache=True)
         cache = out.past_key_values
     tokens, logits, last = [], [], positions[..., -1:]
     position_step = rope.text_position_step if isinstance(rope, RopeConfig) else 1  # stock M-RoPE: one per token
@@ -130,10 +136,11 @@ def greedy_answer(lm: LoadedModel, inputs, max_new_tokens: int, chunk_size: Opti
 
 def stack_inputs(lm: LoadedModel, record: StackRecord, context: int, depth: float, video_tokens: int = VIDEO_TOKENS):
     """Processor inputs of one (record, context, depth) item, and the filler copies used."""
-    from .video import video_frames
+    from .video import read_video
 
-    budget = VideoBudget(total_pixels=video_tokens * TOKEN_PIXELS, max_frame_pixels=768 * TOKEN_PIXELS,
-                         min_frame_pixels=min(144, video_tokens) * TOKEN_PIXELS)
+    geometry = lm.geometry
+    budget = VideoBudget.of_tokens(geometry.token_pixels, total=video_tokens, max_frame=768,
+                                   min_frame=min(144, video_tokens))
     noise_tokens = len(lm.tokenizer(NOISE, add_special_tokens=False)["input_ids"])
     copies = max(0, (context - video_tokens) // noise_tokens)
     before, after = filler_split(copies, depth)
@@ -144,9 +151,10 @@ def stack_inputs(lm: LoadedModel, record: StackRecord, context: int, depth: floa
     content.append({"type": "text", "text": " ".join([NOISE] * after + [question_text(record)])})
     prompt = lm.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                               add_generation_prompt=True)
-    frames = video_frames(record.video, budget)
-    inputs = lm.processor(text=[prompt], videos=[frames], return_tensors="pt",
-                          videos_kwargs={"do_resize": False, "do_sample_frames": False})
+    video = read_video(record.video, budget, geometry=geometry)
+    inputs = lm.processor(text=[prompt], videos=[video.frames], return_tensors="pt",
+                          videos_kwargs={"do_resize": False, "do_sample_frames": False,
+                                         "video_metadata": [video.metadata()]})
     return inputs, (before, after)
 
 

@@ -1,11 +1,14 @@
 """Evaluation's video path, for every harness: the authors' sampling policy, probing, decoding, read-ahead.
 
 The policy is the authors' evaluation (their ``eval/model_*_qwen2_vl.py``, i.e. qwen_vl_utils' defaults): frames at
-2 fps (at most 768, an even count, at least 4), a per-video pixel budget ``total_pixels = (context − 512) · 28 · 28``
-shared by the frames, each frame between 144 and 768 tokens' worth of pixels (the floor, with 5% slack, wins over the
-budget on long videos), sized by Qwen2-VL's smart resize (transformers' own).  ``video_frames`` opens a file once:
-probe, size and decode.  ``VideoReader`` keeps the last video's frames and reads the next ones ahead on a thread.
-V-NIAH's haystacks are sampled here too (``haystack_frames``: a fixed frame size, evenly or at a fixed rate).
+2 fps (at most 768, an even count, at least 4), a per-video budget of ``context − 512`` visual tokens shared by the
+frames, each frame between 144 and 768 tokens' worth of pixels (the floor, with 5% slack, wins over the budget on long
+videos), sized by the checkpoint's own smart resize (transformers'): a token is ``VideoGeometry.token_pixels``
+pixels (28·28 for Qwen2-VL, 32·32 for Qwen3-VL, whose video processor bounds the whole video's pixels rather than one
+frame's).  ``read_video`` opens a file once: probe, size and decode, and says when each frame was taken (Qwen3-VL
+writes those times into the prompt).  ``VideoReader`` keeps the last video's frames and reads the next ones ahead on
+a thread.  V-NIAH's haystacks are sampled here too (``haystack_frames``: a fixed frame size, evenly or at a fixed
+rate).
 
 Nothing of lmms-eval is imported: the lmms-eval backend (``lmms.py``), V-NIAH, V-RULER and its stack share this.
 """
@@ -16,8 +19,9 @@ import math
 import os
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,9 +30,30 @@ from ..video import TOKEN_PIXELS, VideoBudget, VideoInfo, video_info
 from .data import resize_rgb
 
 CONTEXTS = {"8k": 8192, "16k": 16384, "32k": 32768, "64k": 64000}  # the papers' evaluation contexts
-TEXT_RESERVE = 512  # tokens the authors keep for text: total_pixels = (context - 512) * 28 * 28
+TEXT_RESERVE = 512  # tokens the authors keep for text: total_pixels = (context - 512) * token pixels
 FPS, MIN_FRAMES, MAX_FRAMES = 2.0, 4, 768  # qwen_vl_utils' defaults, which the authors' scripts use
 MIN_FRAME_TOKENS, MAX_FRAME_TOKENS = 144, 768
+
+
+@dataclass(frozen=True)
+class VideoGeometry:
+    """How a checkpoint cuts a video into visual tokens (``LoadedModel.geometry`` reads it from the checkpoint).
+
+    ``factor``: pixels of a token's side, patch_size · spatial_merge_size (Qwen2-VL 14·2 = 28, Qwen3-VL 16·2 = 32);
+    ``temporal_patch``: frames per temporal patch; ``whole_video``: the video processor's min/max pixels bound the
+    whole video — frames rounded up to whole temporal patches × frame pixels (Qwen3-VL) — not one frame (Qwen2-VL).
+    """
+
+    factor: int = 28
+    temporal_patch: int = 2
+    whole_video: bool = False
+
+    @property
+    def token_pixels(self) -> int:
+        return self.factor * self.factor
+
+
+QWEN2_VL = VideoGeometry()  # also Qwen2.5-VL
 
 
 def context_tokens(context: int | str) -> int:
@@ -46,12 +71,13 @@ def context_tokens(context: int | str) -> int:
 
 
 def video_budget(context: int | str, total_pixels: Optional[int] = None, min_frame_pixels: Optional[int] = None,
-                 max_frame_pixels: Optional[int] = None) -> VideoBudget:
-    """The authors' per-video budget for an evaluation context (tokens, or 8k/16k/32k/64k)."""
+                 max_frame_pixels: Optional[int] = None, token_pixels: int = TOKEN_PIXELS) -> VideoBudget:
+    """The authors' per-video budget for an evaluation context (tokens, or 8k/16k/32k/64k), in pixels of a model
+    whose visual token covers ``token_pixels`` (``VideoGeometry.token_pixels``); explicit pixel values win."""
     tokens = context_tokens(context)
-    return VideoBudget(total_pixels=int(total_pixels or (tokens - TEXT_RESERVE) * TOKEN_PIXELS),
-                       max_frame_pixels=int(max_frame_pixels or MAX_FRAME_TOKENS * TOKEN_PIXELS),
-                       min_frame_pixels=int(min_frame_pixels or MIN_FRAME_TOKENS * TOKEN_PIXELS))
+    return VideoBudget(total_pixels=int(total_pixels or (tokens - TEXT_RESERVE) * token_pixels),
+                       max_frame_pixels=int(max_frame_pixels or MAX_FRAME_TOKENS * token_pixels),
+                       min_frame_pixels=int(min_frame_pixels or MIN_FRAME_TOKENS * token_pixels))
 
 
 def frame_count(duration: float, available: int, fps: float = FPS, frames: Optional[int] = None) -> int:
@@ -64,14 +90,24 @@ def frame_count(duration: float, available: int, fps: float = FPS, frames: Optio
     return frames + frames % 2
 
 
-def frame_size(height: int, width: int, min_pixels: float, max_pixels: float, factor: int = 28) -> Tuple[int, int]:
-    """(H, W) multiples of ``factor`` with the aspect ratio kept and the area within [min_pixels, max_pixels]:
-    Qwen2-VL's smart resize, transformers' own."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
+def frame_size(height: int, width: int, min_pixels: float, max_pixels: float, geometry: VideoGeometry = QWEN2_VL,
+               frames: int = 2) -> Tuple[int, int]:
+    """(H, W) multiples of ``geometry.factor`` with the aspect ratio kept and a frame's area within [min_pixels,
+    max_pixels]: the checkpoint's smart resize, transformers' own — Qwen2-VL's per frame; for a ``whole_video``
+    geometry Qwen3-VL's video one, its bounds being those per-frame ones times the ``frames`` of the video rounded
+    up to whole temporal patches (what the budget video processor of ``prepare-model --video-budget`` passes it)."""
     if min(height, width) <= 0:
         raise ValueError(f"frame size {height}x{width} is empty")
-    return tuple(smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels))
+    if geometry.whole_video:
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as video_resize
+
+        patch = geometry.temporal_patch
+        padded = -(-frames // patch) * patch
+        return tuple(video_resize(frames, height, width, temporal_factor=patch, factor=geometry.factor,
+                                  min_pixels=min_pixels * padded, max_pixels=max_pixels * padded))
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    return tuple(smart_resize(height, width, factor=geometry.factor, min_pixels=min_pixels, max_pixels=max_pixels))
 
 
 def frame_pixel_limit(budget: VideoBudget, frames: int) -> float:
@@ -82,17 +118,51 @@ def frame_pixel_limit(budget: VideoBudget, frames: int) -> float:
     return max(min(budget.max_frame_pixels, share), int(budget.min_frame_pixels * 1.05))
 
 
-def video_frames(path: Union[str, Path], budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None
-                 ) -> torch.Tensor:
-    """uint8 [T, 3, H, W] frames of ``path`` as the authors' evaluation feeds them (the file opened once)."""
+class SampledVideo(NamedTuple):
+    frames: torch.Tensor  # uint8 [T, 3, H, W]
+    times: List[float]  # when each frame was taken (s)
+    info: VideoInfo  # the file's
+
+    def metadata(self):
+        """transformers' ``VideoMetadata`` of the frames (Qwen3-VL's processor writes each temporal patch's time
+        from it; ``frames_indices`` are the sample times in the file's frames, fractional: times / fps)."""
+        from transformers.video_utils import VideoMetadata
+
+        return VideoMetadata(total_num_frames=self.info.frames, fps=self.info.fps, duration=self.info.duration,
+                             height=self.info.height, width=self.info.width,
+                             frames_indices=[t * self.info.fps for t in self.times])
+
+
+def read_video(path: Union[str, Path], budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None,
+               geometry: VideoGeometry = QWEN2_VL) -> SampledVideo:
+    """``path``'s frames as the authors' evaluation feeds them to a checkpoint of ``geometry``, with their times
+    (the file opened once)."""
     import av
 
     with av.open(str(path)) as container:
         info = video_info(container, path)
         count = frame_count(info.duration, info.frames, fps, frames)
-        size = frame_size(info.height, info.width, budget.min_frame_pixels, frame_pixel_limit(budget, count))
+        size = frame_size(info.height, info.width, budget.min_frame_pixels, frame_pixel_limit(budget, count),
+                          geometry, count)
         times, _ = sample_times(info, count)
-        return torch.from_numpy(decode_frames(container, times, size, path)).permute(0, 3, 1, 2).contiguous()
+        pixels = torch.from_numpy(decode_frames(container, times, size, path)).permute(0, 3, 1, 2).contiguous()
+        return SampledVideo(pixels, times, info)
+
+
+def video_frames(path: Union[str, Path], budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None,
+                 geometry: VideoGeometry = QWEN2_VL) -> torch.Tensor:
+    """uint8 [T, 3, H, W] frames of ``path`` as the authors' evaluation feeds them (``read_video``'s frames)."""
+    return read_video(path, budget, fps, frames, geometry).frames
+
+
+def patch_times(frame_times: Sequence[float], temporal_patch: int = 2) -> List[float]:
+    """The time of each temporal patch: the mean of its first and last frame's (the last frame repeated to fill
+    the last patch) — the rule of transformers' ``Qwen3VLProcessor._calculate_timestamps``."""
+    times = list(frame_times)
+    if not times:
+        return []
+    times += [times[-1]] * (-len(times) % temporal_patch)
+    return [(times[k] + times[k + temporal_patch - 1]) / 2 for k in range(0, len(times), temporal_patch)]
 
 
 def unreadable_videos(paths: Iterable[str]) -> Dict[str, str]:
@@ -116,16 +186,17 @@ def unreadable_videos(paths: Iterable[str]) -> Dict[str, str]:
 
 
 class VideoReader:
-    """Frames of videos at one sampling setting, each decoded once.
+    """Videos (``SampledVideo``) at one sampling setting for one checkpoint's ``geometry``, each decoded once.
 
     The last video's frames are kept: benchmarks ask several questions in a row about one video (Video-MME: three),
     which would otherwise decode the whole file again each time.  ``read_ahead`` starts decoding upcoming videos on a
     background thread (PyAV decodes outside the GIL), so the next request's decoding overlaps this one's GPU work.
     """
 
-    def __init__(self, budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None):
-        self.budget, self.fps, self.frames = budget, float(fps), frames
-        self.last: Optional[tuple] = None  # (key, frames) of the last video read
+    def __init__(self, budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None,
+                 geometry: VideoGeometry = QWEN2_VL):
+        self.budget, self.fps, self.frames, self.geometry = budget, float(fps), frames, geometry
+        self.last: Optional[tuple] = None  # (key, video) of the last video read
         self.pending: Dict[tuple, Future] = {}  # key -> Future of a video being read ahead
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videorope-video")
 
@@ -133,11 +204,11 @@ class VideoReader:
         stat = os.stat(path)  # a file rewritten in place is read anew
         return os.path.realpath(path), stat.st_size, stat.st_mtime_ns
 
-    def _read(self, path: str) -> torch.Tensor:
-        return video_frames(path, self.budget, self.fps, self.frames)
+    def _read(self, path: str) -> SampledVideo:
+        return read_video(path, self.budget, self.fps, self.frames, self.geometry)
 
-    def __call__(self, path: str) -> torch.Tensor:
-        """uint8 [T, 3, H, W] frames of ``path``."""
+    def __call__(self, path: str) -> SampledVideo:
+        """``path``'s frames (uint8 [T, 3, H, W]) and their times."""
         key = self.key(path)
         if self.last is None or self.last[0] != key:
             self.last = None  # the old frames go before the new ones are read

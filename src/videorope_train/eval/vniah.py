@@ -3,17 +3,19 @@
 Protocol (LongVA's V-NIAH; VideoRoPE's V-NIAH-D, see ``docs/method.md``):
 
 * haystack frames are sampled from one long video; every frame is encoded **once** by the model's own
-  vision tower as an image of a fixed size (``frame_size``; 252×448 → 9×16 = 144 tokens for Qwen2-VL) and
-  cached on disk, and so are the needle and distractor images (resized to the same size: a needle is just
-  another frame);
+  vision tower as an image of a fixed size (``frame_size``; 9×16 = 144 tokens at 252×448 for Qwen2-VL, at 288×512
+  for Qwen3-VL) and cached on disk (with Qwen3-VL's deepstack features), and so are the needle and distractor
+  images (resized to the same size: a needle is just another frame);
 * a cell (N frames, depth d) inserts the needle before haystack frame ⌊d·N⌋ (LongVA's ``int(depth *
   num_frames)``); V-NIAH-D also inserts the needle's distractor so that ``gap`` (200) haystack frames lie
   between the two, on a side where it fits (random side when both fit, none when neither does — VideoRoPE's
   rule, with a deterministic per-cell draw so that runs are reproducible and resumable);
-* the sequence is the model's chat template around ``<|vision_start|>`` + the frames as one video block with
-  **one temporal index per frame** (``video_grid_thw = [[F, h, w]]``) + ``<|vision_end|>`` + question, then the
-  answer tokens; positions come from the checkpoint's own ``get_rope_index`` (variant, δ, ...), the model runs
-  in eval mode, so the checkpoint's extrapolation (YaRN-V, ...) applies;
+* the sequence is the model's chat template around the frames as a video with **one temporal index per frame**
+  (``video_grid_thw = [[F, h, w]]``) in the checkpoint's layout — Qwen2-VL: ``<|vision_start|>`` + frames +
+  ``<|vision_end|>``; Qwen3-VL: per frame ``<t seconds>`` + ``<|vision_start|>`` + frame + ``<|vision_end|>``, frame
+  k at k / ``haystack_fps`` s (1 fps when the haystack is spread evenly) — + question, then the answer tokens;
+  positions come from the checkpoint's own ``get_rope_index`` (variant, δ, ...), the model runs in eval mode, so the
+  checkpoint's extrapolation (YaRN-V, ...) applies;
 * score: teacher-forced exact match — 1 iff the argmax at every answer position is the answer token;
   a cell is the mean over needles, the headline the mean over cells.
 
@@ -40,7 +42,7 @@ from .embeddings import encode_frames, vision_fingerprint
 from .model import LoadedModel, load_model
 from .results import CellGrid
 from .results import model_identity as _model_identity
-from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
+from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits, sequence_ids
 from .video import haystack_frames
 
 NEEDLE = -1  # frame_sequence entries: >= 0 haystack frame index, NEEDLE / DISTRACTOR the inserted images
@@ -140,14 +142,14 @@ class Item:
 
 
 def make_item(lm: LoadedModel, prompt: PromptIds, num_frames: int, depth: float, needle: int, task: str,
-              tokens_per_frame: int, gap: int = 200, seed: int = 0) -> Item:
+              tokens_per_frame: int, gap: int = 200, seed: int = 0, frame_rate: float = 1.0) -> Item:
+    """One (cell, needle) sequence; ``frame_rate``: frames per second of the video shown (Qwen3-VL's times)."""
     index = needle_frame_index(depth, num_frames)
     side = None
     if task == "vniah-d":
         side = distractor_side(index, num_frames, gap, distractor_draw(seed, num_frames, depth, needle))
     sources = frame_sequence(num_frames, index, side, gap)
-    ids = list(prompt.prefix) + [lm.config.video_token_id] * (len(sources) * tokens_per_frame)
-    ids += list(prompt.suffix) + list(prompt.answer)
+    ids = sequence_ids(lm, prompt, len(sources), tokens_per_frame, frame_rate)
     return Item(num_frames, depth, needle, sources, side, prompt, ids)
 
 
@@ -175,6 +177,11 @@ class VNIAHSettings:
     task: str = "auto"  # auto: vniah-d when every needle has a distractor
     distractor_gap: int = 200
     haystack_fps: Optional[float] = None  # None: frames spread evenly over the video
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of the video a spliced item shows (its frame times, for Qwen3-VL's timestamps)."""
+        return self.haystack_fps or 1.0
     seed: int = 0
     batch_size: int = 1
     chunk_size: Optional[int] = None
@@ -197,6 +204,8 @@ def memory_plan(model_dir: str | Path, settings: VNIAHSettings, dtype_bytes: int
     patch, merge = vision["patch_size"], vision["spatial_merge_size"]
     height, width = settings.frame_size
     tokens_per_frame = (height // patch) * (width // patch) // merge**2
+    if str(config.get("model_type", "")).startswith("qwen3_vl"):  # a block per frame: its time, start and end
+        tokens_per_frame += 10
     weights = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
     gib = 1024**3
     kv_per_token = layers * 2 * kv_heads * head_dim * dtype_bytes
@@ -327,7 +336,7 @@ def run_vniah(
         for num_frames in sorted({n for n, _ in pending}):
             cells = [d for n, d in pending if n == num_frames]
             items = [make_item(lm, prompts[k], num_frames, d, k, task, tokens_per_frame, settings.distractor_gap,
-                               settings.seed) for d in cells for k in range(len(needle_list))]
+                               settings.seed, settings.frame_rate) for d in cells for k in range(len(needle_list))]
             results: Dict[float, list] = {d: [] for d in cells}
             for start in range(0, len(items), settings.batch_size):
                 chunk = items[start:start + settings.batch_size]

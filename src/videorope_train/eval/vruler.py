@@ -10,7 +10,8 @@ Subtasks (records in the authors' published format: a JSON list of ``{"path", "p
 * ``vniah-d`` — one needle at depth d with its distractor 200 frames before or after (as ``eval vniah``).
 
 Needles are inserted as extra frames (the haystack is not overwritten), every frame is ``frame_size`` pixels
-(9×16 = 144 tokens at 252×448), embeddings are spliced into the language model's input, and an item scores 1 when
+(9×16 = 144 tokens at 252×448 for Qwen2-VL, 288×512 for Qwen3-VL), embeddings are spliced into the language
+model's input in the checkpoint's video layout (as ``eval vniah``), and an item scores 1 when
 every answer token is the argmax under teacher forcing (case-sensitive, no partial credit) — the authors' scoring.
 A cell (haystack frames N, depth d) is the mean over records; a subtask's score the mean over its cells; the
 V-RULER number the mean over the subtasks run. The lengthy multimodal stack (a real video inside ~200k+ tokens of
@@ -38,7 +39,7 @@ from .data import Needle, load_image, resize_rgb
 from .embeddings import cache_key, cached, encode_frames, vision_fingerprint
 from .model import LoadedModel, load_model
 from .results import CellGrid, model_identity
-from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits
+from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits, sequence_ids
 from .video import haystack_frames
 from .vniah import VNIAHSettings, depth_grid, distractor_draw, distractor_side, frame_counts, needle_frame_index
 
@@ -261,9 +262,8 @@ def run_vruler(model, haystack, tasks: Dict[str, Tuple[str, str]], out, settings
                 items = []
                 for index, r in enumerate(recs):
                     sources = item_sources(name, num_frames, depth, r, index, settings.seed, settings.distractor_gap)
-                    ids = list(prompts[index].prefix) + [lm.config.video_token_id] * (len(sources) * tokens_per_frame)
-                    items.append(RulerItem(index, depth, sources, prompts[index],
-                                           ids + list(prompts[index].suffix) + list(prompts[index].answer)))
+                    items.append(RulerItem(index, depth, sources, prompts[index], sequence_ids(
+                        lm, prompts[index], len(sources), tokens_per_frame, settings.frame_rate)))
                 for begin in range(0, len(items), settings.batch_size):
                     chunk = items[begin:begin + settings.batch_size]
                     batch = assemble_batch(lm, chunk, frames_of, frame_size)
