@@ -391,3 +391,14 @@ def test_memory_plan_counts_a_block_per_frame(dirs):
     for name in ("stock", "videorope"):
         rows = V.memory_plan(dirs[name], settings)
         assert [r["tokens"] for r in rows] == [(n + 1) * (4 + 10) + 100 for n in (100, 200, 300)]
+
+
+@pytest.mark.parametrize("family, size", [("qwen2_vl", (252, 448)), ("qwen3_vl", (288, 512)), ("qwen3_vl_moe", (288, 512))])
+def test_default_frame_size_is_144_of_the_checkpoints_tokens(hooked_dir, family, size, tmp_path):
+    """`eval vniah/vruler` without --frame-size: 9x16 tokens of the checkpoint (28 or 32 pixels each), read from its
+    config before loading; a missing directory is named as such."""
+    from videorope_train.eval.cli import default_frame_size
+
+    assert default_frame_size(str(hooked_dir("videorope", family=family))) == size
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        default_frame_size(str(tmp_path / "nowhere"))

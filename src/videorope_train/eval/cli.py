@@ -35,9 +35,9 @@ def _add_harness_arguments(parser: argparse.ArgumentParser, needles: bool = True
     parser.add_argument("--max-frames", type=int, default=3000)
     parser.add_argument("--frame-interval", type=int, default=200)
     parser.add_argument("--depth-interval", type=float, default=0.2)
-    parser.add_argument("--frame-size", type=_size, default=(252, 448),
-                        help="HxW every frame and needle is resized to (default 252x448: 144 tokens/frame on "
-                             "Qwen2-VL; Qwen3-VL takes multiples of 32: 288x512 for 144)")
+    parser.add_argument("--frame-size", type=_size, default=None,
+                        help="HxW every frame and needle is resized to (default: the checkpoint's 9x16 tokens = 144 "
+                             "per frame: 252x448 on Qwen2-VL, 288x512 on Qwen3-VL's 32-pixel tokens)")
     parser.add_argument("--distractor-gap", type=int, default=200, help="haystack frames between needle and distractor")
     parser.add_argument("--haystack-fps", type=float, default=None,
                         help="sample the haystack at this rate from the start (papers: 1); "
@@ -126,12 +126,25 @@ def add_commands(commands) -> None:
     example.add_argument("out", help="the task's directory: pass it to lmms-eval as --include_path")
 
 
+def default_frame_size(model: str) -> tuple:
+    """9x16 of the checkpoint's visual tokens (144 per frame, the papers' setting): from its config, before loading."""
+    from transformers import AutoConfig
+
+    from .model import check_checkpoint
+
+    check_checkpoint(model)  # a missing directory named as such, not as a malformed Hub id
+    vision = AutoConfig.from_pretrained(model, trust_remote_code=True).vision_config
+    factor = vision.patch_size * vision.spatial_merge_size
+    return 9 * factor, 16 * factor
+
+
 def _settings(args):
     from .vniah import VNIAHSettings
 
     return VNIAHSettings(
         min_frames=args.min_frames, max_frames=args.max_frames, frame_interval=args.frame_interval,
-        depth_interval=args.depth_interval, frame_size=tuple(args.frame_size), task=getattr(args, "task", "auto"),
+        depth_interval=args.depth_interval, task=getattr(args, "task", "auto"),
+        frame_size=tuple(args.frame_size) if args.frame_size else default_frame_size(args.model),
         distractor_gap=args.distractor_gap, haystack_fps=args.haystack_fps, seed=args.seed,
         batch_size=args.batch_size, chunk_size=args.chunk_size, encode_batch=args.encode_batch,
     )

@@ -13,7 +13,7 @@ import torch
 from ..rope import RopeConfig, get_rope_index
 from .video import VideoGeometry
 
-FRAME_BLOCK_TYPES = frozenset({"qwen3_vl"})  # model types whose video is a block per temporal patch after its time
+FRAME_BLOCK_TYPES = frozenset({"qwen3_vl", "qwen3_vl_moe"})  # model types whose video is a block per temporal patch after its time
 
 
 @dataclass
