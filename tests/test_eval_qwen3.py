@@ -26,7 +26,7 @@ from videorope_train.eval import model as M
 from videorope_train.eval import spliced as S
 from videorope_train.eval import vniah as V
 from videorope_train.eval.data import Needle, load_image, load_needles, resize_rgb
-from videorope_train.eval.video import frame_pixel_limit, frame_size, haystack_frames, patch_times, video_budget
+from videorope_train.eval.video import frame_pixel_limit, frame_size, haystack_frames, video_budget
 
 FAMILY = "qwen3_vl"
 SIZE = (64, 64)  # tiny Qwen3-VL: 16-px patches, 2x2 merge -> 2x2 = 4 tokens per frame
@@ -85,16 +85,6 @@ class _Request:  # what lmms-eval hands a model: an object whose .args is the re
 # ---------------------------------------------------------------------------------------------- unit pieces
 
 
-@pytest.mark.parametrize("indices, fps", [([0, 5, 10, 15], 10.0), ([3, 8, 14, 19, 26], 30.0),
-                                          (list(range(7)), 2.0), ([4], 24.0), ([0, 0, 1, 1, 2, 2], 1.0)])
-def test_patch_times_are_transformers_timestamps(indices, fps):
-    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
-
-    want = Qwen3VLProcessor._calculate_timestamps(None, list(indices), fps, 2)  # self is not used
-    assert patch_times([i / fps for i in indices], 2) == pytest.approx(want, abs=1e-12)
-    assert patch_times([0.25, 0.75, 1.25], 2) == [0.5, 1.25]  # by hand: the odd last frame fills its own patch
-
-
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
 def test_video_layout_is_the_processors(hooked_dir, family):
     """prompt_ids + video_ids == what the checkpoint's processor itself writes for a 6-frame video whose frames
@@ -109,10 +99,11 @@ def test_video_layout_is_the_processors(hooked_dir, family):
                                          "video_metadata": [_metadata(fps, indices)]})
     assert inputs["video_grid_thw"].tolist() == [[3, 4, 6]]  # 2x3 tokens per temporal patch
     prompt = S.prompt_ids(lm, needle)
-    ours = list(prompt.prefix) + lm.video_ids(6, patch_times([i / fps for i in indices])) + list(prompt.suffix)
+    times = [0.5, 1.6, 2.8]  # by hand: patches (0.2 s, 0.8 s), (1.4, 1.8), (2.6, 3.0)
+    ours = list(prompt.prefix) + lm.video_ids(6, times) + list(prompt.suffix)
     assert inputs["input_ids"][0].tolist() == ours
     text = lm.tokenizer.decode(ours)
-    if family == "qwen3_vl":  # by hand: patches (0.2 s, 0.8 s), (1.4, 1.8), (2.6, 3.0) -> 0.5, 1.6, 2.8
+    if family == "qwen3_vl":
         assert re.findall(r"<([\d.]+) seconds><\|vision_start\|>", text) == ["0.5", "1.6", "2.8"]
         assert text.count("<|vision_start|>") == text.count("<|vision_end|>") == 3
     else:

@@ -49,6 +49,8 @@ def on_cuda(batch):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_real_fa2_equals_sdpa_padded_and_packed(hooked_dir, variant, family, request):
+    if family == "qwen3_vl_moe" and DEVICE != "cuda":
+        pytest.skip("needs a CUDA device: transformers runs bf16 MoE experts with torch._grouped_mm (no CPU kernel)")
     if ran_in_a_fresh_process(request):
         return
     path = hooked_dir(variant, family=family)

@@ -255,16 +255,18 @@ def test_one_vision_pass_for_images_and_videos(hooked_dir, family):
     hooked = load_hooked(path)
     stock = AutoModelForImageTextToText.from_pretrained((path / "model.safetensors").resolve().parent).eval()
     inputs = make_inputs(path, MIXED)
-    calls, stock_calls = [], []
-    hooked.model.visual.register_forward_hook(lambda *args: calls.append(1))
-    stock.model.visual.register_forward_hook(lambda *args: stock_calls.append(1))
+    calls, stock_calls = [], []  # the modules whose parameters ZeRO-3 gathers, in the order they run
+    for model, record in ((hooked, calls), (stock, stock_calls)):
+        model.model.visual.register_forward_pre_hook(lambda *args, record=record: record.append("tower"))
+        model.get_input_embeddings().register_forward_pre_hook(lambda *args, record=record: record.append("embed"))
     positions, _ = hooked.get_rope_index(**inputs)
     with torch.no_grad():
         ours = hooked(**inputs, position_ids=positions).logits
         theirs = stock(**inputs, position_ids=positions).logits
-    assert len(calls) == 1 and len(stock_calls) == 2
+    # one tower call, in stock's order (embedding first): ZeRO-3 ranks with one modality gather embed, then tower
+    assert stock_calls == ["embed", "tower", "tower"] and calls == ["embed", "tower"]
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    assert hooked.model._vision_outputs is None  # nothing of this batch is left on the model
+    assert hooked.model._joint_vision is None  # nothing of this batch is left on the model
 
 
 def test_eager_attention_matches_sdpa(hooked_dir):

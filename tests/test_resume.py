@@ -125,7 +125,7 @@ def test_stop_on_request_checkpoints_at_the_next_step_and_resumes_exactly(hooked
     out = tmp_path / "stopped"
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", SKIP_DATA_CHECK="1",
                MASTER_PORT=str(free_port()), PYTHONPATH=SITE, VIDEOROPE_HOLD_AT_STEP="4")
-    command = ["bash", "scripts/train_local.sh", recipe, str(processes),
+    command = ["bash", "scripts/train_local.sh", RECIPE["qwen2_vl"], str(processes),
                f"model_name_or_path={hooked_dir('videorope')}", f"dataset_dir={demo_dataset_dir}",
                f"output_dir={out}", "save_steps=3", "per_device_train_batch_size=1", "max_steps=6", *overrides]
     job = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -155,16 +155,6 @@ def video_frames(path: Union[str, Path], budget: VideoBudget, fps: float = FPS, 
     return read_video(path, budget, fps, frames, geometry).frames
 
 
-def patch_times(frame_times: Sequence[float], temporal_patch: int = 2) -> List[float]:
-    """The time of each temporal patch: the mean of its first and last frame's (the last frame repeated to fill
-    the last patch) — the rule of transformers' ``Qwen3VLProcessor._calculate_timestamps``."""
-    times = list(frame_times)
-    if not times:
-        return []
-    times += [times[-1]] * (-len(times) % temporal_patch)
-    return [(times[k] + times[k + temporal_patch - 1]) / 2 for k in range(0, len(times), temporal_patch)]
-
-
 def unreadable_videos(paths: Iterable[str]) -> Dict[str, str]:
     """{path: why} for each file that does not exist or whose first frame cannot be decoded (each checked once)."""
     import av

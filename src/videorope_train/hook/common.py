@@ -352,7 +352,7 @@ class VideoRopeModelMixin:
         return self.get_rope_index(input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
                                    attention_mask=mask)[0]
 
-    _vision_outputs = None  # (image, video) outputs of the current forward's one joint tower pass
+    _joint_vision = None  # this forward's images and videos, {"inputs": ..., "outputs": ...}: one tower pass
 
     def _one_vision_pass(self, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw):
         """The tower's outputs for images and videos from one call over both, split as two calls would give them.
@@ -378,14 +378,21 @@ class VideoRopeModelMixin:
         return (part(output.pooler_output[:num_images], slice(None, image_tokens)),
                 part(output.pooler_output[num_images:], slice(image_tokens, None)))
 
+    def _joint_outputs(self):
+        # Run when stock's forward first asks for features — after its embedding lookup, as stock runs the tower —
+        # so every ZeRO-3 rank gathers parameters in the same order whatever modalities its batch holds.
+        if self._joint_vision["outputs"] is None:
+            self._joint_vision["outputs"] = self._one_vision_pass(*self._joint_vision["inputs"])
+        return self._joint_vision["outputs"]
+
     def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
-        if self._vision_outputs is not None:
-            return self._vision_outputs[0]
+        if self._joint_vision is not None:
+            return self._joint_outputs()[0]
         return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
 
     def get_video_features(self, pixel_values_videos, video_grid_thw=None, **kwargs):
-        if self._vision_outputs is not None:
-            return self._vision_outputs[1]
+        if self._joint_vision is not None:
+            return self._joint_outputs()[1]
         return super().get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -402,9 +409,9 @@ class VideoRopeModelMixin:
                 kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest,
                               max_length_k=longest)
         if pixel_values is not None and pixel_values_videos is not None:
-            # stock's forward then takes both modalities' features from this one pass (see _one_vision_pass)
-            self._vision_outputs = self._one_vision_pass(pixel_values, pixel_values_videos, image_grid_thw,
-                                                         video_grid_thw)
+            # stock's forward then takes both modalities' features from one pass (see _one_vision_pass)
+            self._joint_vision = {"inputs": (pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw),
+                                  "outputs": None}
         try:
             return super().forward(
                 input_ids=input_ids,
@@ -419,7 +426,7 @@ class VideoRopeModelMixin:
                 **kwargs,
             )
         finally:
-            self._vision_outputs = None
+            self._joint_vision = None
 
 
 class VideoRopeGenerationMixin:
