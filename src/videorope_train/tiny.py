@@ -146,31 +146,31 @@ def make_tiny_model(
     else:
         vision_config = dict(common_vision, embed_dim=32, hidden_size=hidden_size, mlp_ratio=2)
     config = (Qwen2_5_VLConfig if qwen25 else Qwen2VLConfig)(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "mrope_section": list(mrope_section), "rope_theta": rope_theta},
-            bos_token_id=None,
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
+        text_config=_text_config(tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads,
+                                 {"rope_type": "default", "mrope_section": list(mrope_section), "rope_theta": rope_theta}),
         vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        **_special_token_ids(ids),
     )
     torch.manual_seed(seed)
     model = (Qwen2_5_VLForConditionalGeneration if qwen25 else Qwen2VLForConditionalGeneration)(config)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def _text_config(tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads, rope_parameters) -> dict:
+    """The language model's settings every tiny family shares."""
+    return dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                max_position_embeddings=32768, rope_parameters=rope_parameters, bos_token_id=None,
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+
+
+def _special_token_ids(ids) -> dict:
+    """The top-level config's visual token ids (the tiny vocabulary's), untied embeddings."""
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                tie_word_embeddings=False)
 
 
 def _make_tiny_qwen3_vl(out: Path, tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads, mrope_section,
@@ -192,31 +192,15 @@ def _make_tiny_qwen3_vl(out: Path, tokenizer, ids, hidden_size, num_layers, num_
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     experts = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size, decoder_sparse_step=1)
+    rope = {"rope_type": "default", "rope_theta": rope_theta, "mrope_section": list(mrope_section),
+            "mrope_interleaved": True}
     config = (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
-        text_config=dict(
-            **(experts if moe else {}),
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            head_dim=hidden_size // num_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": list(mrope_section),
-                             "mrope_interleaved": True},
-            bos_token_id=None,
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
+        text_config=dict(_text_config(tokenizer, ids, hidden_size, num_layers, num_heads, num_kv_heads, rope),
+                         head_dim=hidden_size // num_heads, **(experts if moe else {})),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden_size,
                            num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        **_special_token_ids(ids),
     )
     torch.manual_seed(seed)
     (Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration)(config).save_pretrained(out)
