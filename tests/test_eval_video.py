@@ -59,7 +59,7 @@ def test_a_video_is_opened_once_for_probe_size_and_frames(tmp_path, monkeypatch)
     budget = video.video_budget("8k")
     opens, real_open = [], av.open
     monkeypatch.setattr(av, "open", lambda *args, **kwargs: opens.append(args[0]) or real_open(*args, **kwargs))
-    frames = video.video_frames(str(path), budget)
+    frames = video.read_video(str(path), budget).frames
     assert opens == [str(path)]
     monkeypatch.setattr(av, "open", real_open)
     info = probe_video(path)

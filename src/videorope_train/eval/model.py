@@ -10,10 +10,16 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..rope import RopeConfig, get_rope_index
+from ..rope import CONFIG_KEY, RopeConfig, get_rope_index
 from .video import VideoGeometry
 
 FRAME_BLOCK_TYPES = frozenset({"qwen3_vl", "qwen3_vl_moe"})  # model types whose video is a block per temporal patch after its time
+
+
+def has_frame_blocks(model_type: str) -> bool:
+    """Whether a model type (stock, or config.json's hooked marker such as ``qwen3_vl_videorope``) writes a video as a
+    block per temporal patch after its time (Qwen3-VL) rather than one block (Qwen2-VL, Qwen2.5-VL)."""
+    return str(model_type).removesuffix(f"_{CONFIG_KEY}") in FRAME_BLOCK_TYPES
 
 
 @dataclass
@@ -49,7 +55,7 @@ class LoadedModel:
     def frame_blocks(self) -> bool:
         """Whether a video is one block per temporal patch, each after its time in text (Qwen3-VL), rather than one
         block for the whole video (Qwen2-VL, Qwen2.5-VL)."""
-        return self.config.model_type in FRAME_BLOCK_TYPES
+        return has_frame_blocks(self.config.model_type)
 
     @property
     def geometry(self) -> VideoGeometry:

@@ -74,10 +74,11 @@ def video_budget(context: int | str, total_pixels: Optional[int] = None, min_fra
                  max_frame_pixels: Optional[int] = None, token_pixels: int = TOKEN_PIXELS) -> VideoBudget:
     """The authors' per-video budget for an evaluation context (tokens, or 8k/16k/32k/64k), in pixels of a model
     whose visual token covers ``token_pixels`` (``VideoGeometry.token_pixels``); explicit pixel values win."""
-    tokens = context_tokens(context)
-    return VideoBudget(total_pixels=int(total_pixels or (tokens - TEXT_RESERVE) * token_pixels),
-                       max_frame_pixels=int(max_frame_pixels or MAX_FRAME_TOKENS * token_pixels),
-                       min_frame_pixels=int(min_frame_pixels or MIN_FRAME_TOKENS * token_pixels))
+    default = VideoBudget.of_tokens(token_pixels, context_tokens(context) - TEXT_RESERVE, MAX_FRAME_TOKENS,
+                                    MIN_FRAME_TOKENS)
+    return VideoBudget(total_pixels=int(total_pixels or default.total_pixels),
+                       max_frame_pixels=int(max_frame_pixels or default.max_frame_pixels),
+                       min_frame_pixels=int(min_frame_pixels or default.min_frame_pixels))
 
 
 def frame_count(duration: float, available: int, fps: float = FPS, frames: Optional[int] = None) -> int:
@@ -147,12 +148,6 @@ def read_video(path: Union[str, Path], budget: VideoBudget, fps: float = FPS, fr
         times, _ = sample_times(info, count)
         pixels = torch.from_numpy(decode_frames(container, times, size, path)).permute(0, 3, 1, 2).contiguous()
         return SampledVideo(pixels, times, info)
-
-
-def video_frames(path: Union[str, Path], budget: VideoBudget, fps: float = FPS, frames: Optional[int] = None,
-                 geometry: VideoGeometry = QWEN2_VL) -> torch.Tensor:
-    """uint8 [T, 3, H, W] frames of ``path`` as the authors' evaluation feeds them (``read_video``'s frames)."""
-    return read_video(path, budget, fps, frames, geometry).frames
 
 
 def unreadable_videos(paths: Iterable[str]) -> Dict[str, str]:

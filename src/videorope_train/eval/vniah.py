@@ -39,7 +39,7 @@ from .data import load_image, load_needles, needles_fingerprint, resize_rgb
 from .embeddings import cache_key as _key
 from .embeddings import cached as _cached
 from .embeddings import encode_frames, vision_fingerprint
-from .model import LoadedModel, load_model
+from .model import LoadedModel, has_frame_blocks, load_model
 from .results import CellGrid
 from .results import model_identity as _model_identity
 from .spliced import PromptIds, assemble_batch, forward_tail_logits, prompt_ids, score_tail_logits, sequence_ids
@@ -177,15 +177,15 @@ class VNIAHSettings:
     task: str = "auto"  # auto: vniah-d when every needle has a distractor
     distractor_gap: int = 200
     haystack_fps: Optional[float] = None  # None: frames spread evenly over the video
+    seed: int = 0
+    batch_size: int = 1
+    chunk_size: Optional[int] = None
+    encode_batch: int = 32
 
     @property
     def frame_rate(self) -> float:
         """Frames per second of the video a spliced item shows (its frame times, for Qwen3-VL's timestamps)."""
         return self.haystack_fps or 1.0
-    seed: int = 0
-    batch_size: int = 1
-    chunk_size: Optional[int] = None
-    encode_batch: int = 32
 
 
 def memory_plan(model_dir: str | Path, settings: VNIAHSettings, dtype_bytes: int = 2) -> List[dict]:
@@ -204,7 +204,7 @@ def memory_plan(model_dir: str | Path, settings: VNIAHSettings, dtype_bytes: int
     patch, merge = vision["patch_size"], vision["spatial_merge_size"]
     height, width = settings.frame_size
     tokens_per_frame = (height // patch) * (width // patch) // merge**2
-    if str(config.get("model_type", "")).startswith("qwen3_vl"):  # a block per frame: its time, start and end
+    if has_frame_blocks(config.get("model_type", "")):  # a block per frame: its time, start and end
         tokens_per_frame += 10
     weights = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
     gib = 1024**3
